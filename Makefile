@@ -1,0 +1,26 @@
+# Two entry points (see README): `make study` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel lies on this machine's disk; on a GPU cluster the same pin pulls the
+# normal CUDA build from PyPI. Override (e.g. TORCH_SPEC=torch) to keep your own.
+TORCH_SPEC ?= torch==2.13.0
+CORES ?= 2
+BIN := $(VENV)/bin
+
+.PHONY: setup test study
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+study: setup
+	$(BIN)/propetl fetch
+	$(BIN)/snakemake --cores $(CORES)

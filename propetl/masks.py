@@ -1,0 +1,88 @@
+"""Binary masks that select a layer's sub-network of the shared prototype.
+
+A learned mask is the top-k of ``|scores|`` over the whole tensor with
+``k = round((1 - sparsity) * numel)``: exactly k ones. The backward pass is the
+straight-through estimator: the gradient w.r.t. the 0/1 mask is handed to the
+scores unchanged, so the scores (their own parameter group, own learning rate)
+learn which prototype entries a layer should keep.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def kept_count(numel: int, sparsity: float) -> int:
+    """How many entries a mask of this sparsity keeps (sparsity = fraction of zeros)."""
+    return round((1.0 - sparsity) * numel)
+
+
+class _TopKStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+        flat = scores.detach().abs().flatten()
+        mask = torch.zeros_like(flat)
+        mask[flat.topk(k, sorted=False).indices] = 1.0
+        return mask.view_as(scores)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+def topk_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """0/1 float mask keeping the largest |scores|, with a straight-through gradient."""
+    return _TopKStraightThrough.apply(scores, kept_count(scores.numel(), sparsity))
+
+
+class Mask(nn.Module):
+    """One layer's mask over one prototype tensor.
+
+    A *learned* mask holds trainable scores (kaiming-uniform, like the official
+    code) and takes their top-k in every forward. A *fixed* mask holds a 0/1
+    buffer: a random mask (the ablation that tells whether learning the
+    sub-network matters) or a learned one after it was saved and loaded.
+    """
+
+    def __init__(self, shape: tuple[int, ...], sparsity: float, fixed: torch.Tensor | None = None):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.sparsity = sparsity
+        if fixed is None:
+            scores = torch.empty(self.shape)
+            nn.init.kaiming_uniform_(scores, a=math.sqrt(5))
+            self.scores = nn.Parameter(scores)
+        else:
+            if tuple(fixed.shape) != self.shape:
+                raise ValueError(f"mask of shape {tuple(fixed.shape)} given for a tensor of shape {self.shape}")
+            self.register_buffer("fixed", fixed.to(torch.float32))
+
+    @classmethod
+    def random(cls, shape: tuple[int, ...], sparsity: float, generator: torch.Generator) -> "Mask":
+        """A fixed mask with exactly as many ones as a learned mask of this sparsity."""
+        numel = math.prod(shape)
+        fixed = torch.zeros(numel)
+        fixed[torch.randperm(numel, generator=generator)[: kept_count(numel, sparsity)]] = 1.0
+        return cls(shape, sparsity, fixed.view(shape))
+
+    @property
+    def learned(self) -> bool:
+        return not hasattr(self, "fixed")
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def forward(self) -> torch.Tensor:
+        return topk_mask(self.scores, self.sparsity) if self.learned else self.fixed
+
+    def bits(self) -> torch.Tensor:
+        """The current mask as booleans (what an artifact stores, one bit each)."""
+        with torch.no_grad():
+            return self().bool()
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, sparsity={self.sparsity}, learned={self.learned}"

@@ -1,0 +1,143 @@
+"""Turn a BERT/RoBERTa sequence classifier into an Adapter, LoRA, Prefix, ProPETL, BitFit or fully fine-tuned model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from .config import PETLConfig
+from .masks import Mask
+from .modules import SPECS
+from .prototype import Prototype, PrototypeLayer
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta")
+PROTOTYPES_ATTR = "petl_prototypes"
+
+
+def check_backbone(model: PreTrainedModel) -> None:
+    """Fail at once, before any work, on architectures whose layer layout we do not know."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"unsupported architecture {model_type!r} ({type(model).__name__}); "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (BERT and RoBERTa families)"
+        )
+
+
+def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    return model.base_model.encoder.layer
+
+
+def head_modules(model: PreTrainedModel) -> dict[str, nn.Module]:
+    """The task head: always trained, stored with the task, reported apart from PETL storage.
+
+    BERT's pooler was trained for next-sentence prediction, not for the task, so
+    it counts as part of the head (RoBERTa's classifier has its own dense layer).
+    """
+    heads = {"classifier": model.classifier}
+    pooler = getattr(model.base_model, "pooler", None)
+    if pooler is not None:
+        heads[f"{model.base_model_prefix}.pooler"] = pooler
+    return heads
+
+
+def _make_masks(spec_masked: tuple[str, ...], prototype: Prototype, config: PETLConfig, layer: int, site: int) -> dict[str, Mask]:
+    if not config.masked:
+        return {}
+    if config.mask_mode == "learned":
+        return {name: Mask(prototype.shapes[name], config.sparsity) for name in spec_masked}
+    generator = torch.Generator().manual_seed(config.mask_seed * 1_000_003 + site * 1_009 + layer)
+    return {name: Mask.random(prototype.shapes[name], config.sparsity, generator) for name in spec_masked}
+
+
+def _insert_modules(model: PreTrainedModel, config: PETLConfig) -> None:
+    spec = SPECS[config.module_kind]
+    layers = encoder_layers(model)
+    copies = 1 if config.shared else len(layers)
+    prototypes = nn.ModuleDict()
+    for site_index, (site, path) in enumerate(spec.sites(config).items()):
+        prototype = spec.prototype(config, model.config, copies)
+        prototypes[site] = prototype
+        parent_path, _, attr = path.rpartition(".")
+        for layer_index, layer in enumerate(layers):
+            parent = layer.get_submodule(parent_path)
+            masks = _make_masks(spec.masked, prototype, config, layer_index, site_index)
+            index = 0 if config.shared else layer_index
+            setattr(parent, attr, spec.wrap(getattr(parent, attr), prototype, index, masks, config))
+    setattr(model, PROTOTYPES_ATTR, prototypes)
+
+
+def apply_petl(model: PreTrainedModel, config: PETLConfig) -> PreTrainedModel:
+    """Freeze the backbone, insert the method's modules, and return the model.
+
+    The head (see :func:`head_modules`) stays trainable for every method.
+    """
+    check_backbone(model)
+    if hasattr(model, PROTOTYPES_ATTR) or getattr(model, "petl_config", None) is not None:
+        raise ValueError("apply_petl was already called on this model")
+    model.requires_grad_(config.method == "full")
+    if config.method == "bitfit":
+        for name, param in model.base_model.named_parameters():
+            param.requires_grad_(name.endswith(".bias"))
+    if config.module_kind is not None:
+        _insert_modules(model, config)
+    for head in head_modules(model).values():
+        head.requires_grad_(True)
+    model.petl_config = config
+    return model
+
+
+def petl_config_of(model: nn.Module) -> PETLConfig:
+    config = getattr(model, "petl_config", None)
+    if config is None:
+        raise ValueError("this model has no PETL method; call apply_petl first")
+    return config
+
+
+def prototypes(model: nn.Module) -> dict[str, Prototype]:
+    """The model's prototypes by site name (empty for full / bitfit)."""
+    return dict(getattr(model, PROTOTYPES_ATTR, {}).items())
+
+
+def prototype_layers(model: nn.Module) -> dict[str, PrototypeLayer]:
+    """Every layer's view of a prototype, keyed ``layer.{i}.{site}``."""
+    config = petl_config_of(model)
+    if config.module_kind is None:
+        return {}
+    sites = SPECS[config.module_kind].sites(config)
+    return {
+        f"layer.{index}.{site}": layer.get_submodule(path)
+        for index, layer in enumerate(encoder_layers(model))
+        for site, path in sites.items()
+    }
+
+
+def layer_masks(model: nn.Module) -> dict[str, Mask]:
+    """Every mask, keyed ``layer.{i}.{site}.{tensor}``."""
+    return {f"{key}.{name}": mask for key, layer in prototype_layers(model).items() for name, mask in layer.masks.items()}
+
+
+def backbone_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The pretrained encoder's own parameters: everything but the head, prototypes and mask scores."""
+    excluded = {id(p) for head in head_modules(model).values() for p in head.parameters()}
+    excluded |= {id(p) for proto in prototypes(model).values() for p in proto.parameters()}
+    excluded |= {id(p) for mask in layer_masks(model).values() for p in mask.parameters()}
+    return {name: p for name, p in model.named_parameters() if id(p) not in excluded}
+
+
+@torch.no_grad()
+def merge_masks(model: PreTrainedModel) -> PreTrainedModel:
+    """Materialise each layer's masked tensors once (and fold prefix MLPs) for inference.
+
+    After this, a forward pass does no top-k and costs what the dedicated
+    baseline's does; outputs are unchanged. Training a merged model is not
+    supported (the merged tensors are buffers).
+    """
+    for prototype in prototypes(model).values():
+        fold = getattr(prototype, "fold", None)
+        if fold is not None:
+            fold()
+    for layer in prototype_layers(model).values():
+        layer.merge()
+    return model

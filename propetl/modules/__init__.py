@@ -1,0 +1,36 @@
+"""The three PETL modules, each described by a :class:`ModuleSpec`.
+
+A spec tells :func:`propetl.model.apply_petl` where the module goes in a
+BERT/RoBERTa layer (its *sites*), what its prototype holds, which of those
+tensors get masks, and which ``nn.Module`` wraps the original sub-module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import PretrainedConfig
+
+from ..config import PETLConfig
+from ..masks import Mask
+from ..prototype import Prototype, PrototypeLayer
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    sites: Callable[[PETLConfig], dict[str, str]]
+    """Site name -> dotted path, relative to one encoder layer, of the sub-module to wrap."""
+    prototype: Callable[[PETLConfig, PretrainedConfig, int], Prototype]
+    """Builds the prototype for one site with the given number of copies."""
+    masked: tuple[str, ...]
+    """Prototype tensors that get a per-layer mask (biases stay shared, unmasked)."""
+    wrap: Callable[[nn.Module, Prototype, int, dict[str, Mask], PETLConfig], PrototypeLayer]
+    """Wraps the original sub-module at a site for layer ``index``."""
+
+
+# Imported last: each module needs ModuleSpec from this package.
+from . import adapter, lora, prefix  # noqa: E402
+
+SPECS: dict[str, ModuleSpec] = {"adapter": adapter.SPEC, "lora": lora.SPEC, "prefix": prefix.SPEC}

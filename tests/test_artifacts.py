@@ -1,0 +1,132 @@
+"""Merging for inference, and artifacts: smallest bytes on disk, bit-for-bit reload, clear errors."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_batch, tiny_classifier
+
+from propetl import METHODS, PETLConfig, apply_petl, load_petl, merge_masks, save_petl, storage_report
+from propetl.artifacts import artifact_bytes, load_masks, pack_bits, unpack_bits
+from propetl.masks import topk_mask
+from propetl.model import layer_masks, prototype_layers, prototypes
+
+
+def trained_like(method: str, family: str = "bert", **kwargs):
+    """A PETL model whose trainable tensors are random, as after training."""
+    model = apply_petl(tiny_classifier(family), PETLConfig(method=method, **kwargs))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_merged_model_gives_the_same_outputs_without_top_k(method, family, monkeypatch):
+    model = trained_like(method, family)
+    batch = tiny_batch()
+    with torch.no_grad():
+        before = model(**batch).logits
+        merge_masks(model)
+        monkeypatch.setattr("propetl.masks.topk_mask", lambda *a: pytest.fail("top-k after merge"))
+        after = model(**batch).logits
+    assert (before - after).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_artifact_round_trip_reproduces_the_logits(method, family, tmp_path):
+    model = trained_like(method, family)
+    batch = tiny_batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    save_petl(model, tmp_path / "artifact", backbone={"id": "tiny", "revision": "r0"})
+    loaded = load_petl(tiny_classifier(family), tmp_path / "artifact")
+    with torch.no_grad():
+        assert (loaded(**batch).logits - expected).abs().max() <= 1e-6
+    described = json.loads((tmp_path / "artifact" / "petl_config.json").read_text())
+    assert described["method"] == method and described["backbone"]["id"] == "tiny" and described["backbone"]["revision"] == "r0"
+
+
+@pytest.mark.parametrize("method", ["adapter", "lora", "prefix", "propetl-adapter", "propetl-lora", "propetl-prefix", "bitfit"])
+def test_artifact_bytes_match_the_storage_report(method, tmp_path):
+    model = trained_like(method, "roberta")
+    report = storage_report(model)
+    size = artifact_bytes(save_petl(model, tmp_path / "a"))
+    ideal = (report["storage_bits"] + 32 * report["head_params"]) / 8
+    assert ideal <= size <= ideal * 1.05 + 8192
+
+
+def test_artifact_holds_no_backbone_weights_and_no_scores(tmp_path):
+    from safetensors import safe_open
+
+    save_petl(trained_like("propetl-adapter"), tmp_path / "a")
+    for name in ("prototype", "masks", "head"):
+        with safe_open(tmp_path / "a" / f"{name}.safetensors", "pt") as f:
+            keys = list(f.keys())
+        assert not any("scores" in k or "embeddings" in k or "attention" in k for k in keys), keys
+
+
+def test_stored_masks_are_the_learned_top_k_masks(tmp_path):
+    model = trained_like("propetl-lora", sparsity=0.75)
+    save_petl(model, tmp_path / "a")
+    stored = load_masks(tmp_path / "a")
+    assert stored.keys() == layer_masks(model).keys()
+    for key, mask in layer_masks(model).items():
+        assert stored[key].dtype == torch.bool
+        assert torch.equal(stored[key], topk_mask(mask.scores, 0.75).bool())
+        assert stored[key].sum() == round(0.25 * mask.numel)
+
+
+def test_bit_packing_round_trips_any_length():
+    for numel in (1, 7, 8, 9, 1000):
+        bits = torch.rand(numel) > 0.5
+        packed = pack_bits(bits)
+        assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(numel / 8)
+        assert torch.equal(unpack_bits(packed, (numel,)), bits)
+
+
+def test_prototype_masks_and_head_are_separate_files(tmp_path):
+    save_petl(trained_like("propetl-prefix"), tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["head.safetensors", "masks.safetensors", "petl_config.json", "prototype.safetensors"]
+
+
+def test_loading_onto_a_backbone_of_the_wrong_shape_fails_clearly(tmp_path):
+    save_petl(trained_like("propetl-adapter"), tmp_path / "a")
+    with pytest.raises(ValueError, match="another backbone shape.*hidden_size 32 vs 48"):
+        load_petl(tiny_classifier(hidden=48), tmp_path / "a")
+    with pytest.raises(ValueError, match="num_layers 3 vs 2"):
+        load_petl(tiny_classifier(layers=2), tmp_path / "a")
+    with pytest.raises(ValueError, match="model_type bert vs roberta"):
+        load_petl(tiny_classifier("roberta"), tmp_path / "a")
+
+
+def test_missing_or_corrupt_files_fail_clearly(tmp_path):
+    save_petl(trained_like("propetl-adapter"), tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="not a PETL artifact"):
+        load_petl(tiny_classifier(), tmp_path / "nowhere")
+    (tmp_path / "a" / "masks.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="masks.safetensors is corrupt"):
+        load_petl(tiny_classifier(), tmp_path / "a")
+    (tmp_path / "a" / "head.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="head.safetensors is missing"):
+        load_petl(tiny_classifier(), tmp_path / "a")
+
+
+def test_saving_over_an_artifact_replaces_it_whole(tmp_path):
+    first, second = trained_like("propetl-adapter"), trained_like("lora")
+    save_petl(first, tmp_path / "a")
+    save_petl(second, tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "petl_config.json").read_text())["method"] == "lora"
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_merge_materialises_each_layers_masked_tensors_as_buffers():
+    model = merge_masks(trained_like("propetl-adapter"))
+    layer = prototype_layers(model)["layer.1.ffn"]
+    assert layer.merged and set(dict(layer.named_buffers(recurse=False))) == {"down", "down_bias", "up", "up_bias"}
+    proto = prototypes(model)["ffn"]
+    expected = proto.weights["down"][0] * layer.masks["down"]()
+    torch.testing.assert_close(layer.down, expected)

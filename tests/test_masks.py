@@ -1,0 +1,48 @@
+"""Masks: exactly k ones, straight-through gradients, fixed random masks."""
+
+import pytest
+import torch
+
+from propetl.masks import Mask, kept_count, topk_mask
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("shape", [(8, 16), (3, 5, 7), (64, 1)])
+def test_learned_mask_keeps_exactly_k_entries_over_the_whole_tensor(shape, sparsity):
+    mask = Mask(shape, sparsity)()
+    numel = mask.numel()
+    assert mask.sum().item() == round((1 - sparsity) * numel) == kept_count(numel, sparsity)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_mask_keeps_the_largest_absolute_scores():
+    scores = torch.tensor([[0.1, -5.0, 0.3], [2.0, -0.2, 0.05]])
+    mask = topk_mask(scores, sparsity=0.5)
+    assert mask.tolist() == [[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
+
+
+def test_gradient_passes_straight_through_to_the_scores():
+    scores = torch.randn(4, 6, requires_grad=True)
+    upstream = torch.randn(4, 6)
+    (topk_mask(scores, 0.75) * upstream).sum().backward()
+    assert torch.equal(scores.grad, upstream)
+
+
+def test_scores_are_kaiming_uniform_initialised():
+    scores = Mask((256, 64), 0.5).scores
+    bound = 1 / 64**0.5  # kaiming_uniform_(a=sqrt(5)) on fan_in 64
+    assert scores.abs().max() <= bound
+    assert scores.abs().max() > 0.9 * bound
+
+
+def test_random_mask_is_fixed_untrained_and_has_k_ones():
+    mask = Mask.random((10, 10), 0.7, torch.Generator().manual_seed(0))
+    assert not mask.learned and list(mask.parameters()) == []
+    assert mask().sum().item() == 30
+    again = Mask.random((10, 10), 0.7, torch.Generator().manual_seed(0))
+    assert torch.equal(mask(), again())
+
+
+def test_fixed_mask_rejects_a_wrong_shape():
+    with pytest.raises(ValueError, match="shape"):
+        Mask((4, 4), 0.5, torch.ones(4, 5))

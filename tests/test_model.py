@@ -1,0 +1,149 @@
+"""apply_petl: which parameters train, how prototypes are shared, ablation modes, errors."""
+
+import pytest
+import torch
+from conftest import tiny_batch, tiny_classifier
+from transformers import GPT2Config, GPT2ForSequenceClassification
+
+from propetl import METHODS, PETLConfig, apply_petl
+from propetl.model import head_modules, layer_masks, prototype_layers, prototypes
+
+PROPETL = ["propetl-adapter", "propetl-lora", "propetl-prefix"]
+
+
+def _loss(model) -> torch.Tensor:
+    out = model(**tiny_batch(), labels=torch.tensor([0, 1, 2, 1]))
+    return out.loss
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_only_its_own_parameters_and_the_head(method, family):
+    model = apply_petl(tiny_classifier(family), PETLConfig(method=method))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    head = {id(p) for h in head_modules(model).values() for p in h.parameters()}
+    assert all(p.requires_grad for p in model.parameters() if id(p) in head)
+    if method == "full":
+        assert all(p.requires_grad for p in model.parameters())
+    elif method == "bitfit":
+        assert {n for n in trainable if not n.startswith(("classifier", "bert.pooler"))} == {
+            n for n, _ in model.base_model.named_parameters(prefix=model.base_model_prefix) if n.endswith(".bias") and "pooler" not in n
+        }
+    else:
+        backbone_trainable = [n for n in trainable if n.startswith(model.base_model_prefix) and "pooler" not in n]
+        assert all(".masks." in n for n in backbone_trainable), backbone_trainable
+    _loss(model.train()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("method", PROPETL)
+def test_prototype_is_one_parameter_shared_by_every_layer(method, family):
+    model = apply_petl(tiny_classifier(family, layers=3), PETLConfig(method=method, sparsity=0.5))
+    layers = prototype_layers(model)
+    assert len(layers) == 3 * len(prototypes(model))
+    for site, proto in prototypes(model).items():
+        site_layers = [layer for key, layer in layers.items() if key.endswith(f".{site}")]
+        assert all(layer.prototype is proto and layer.index == 0 for layer in site_layers)
+        assert proto.copies == 1
+    # shared tensors are counted once however many layers use them
+    names = [n for n, _ in model.named_parameters()]
+    assert len(names) == len(set(names)) and sum("petl_prototypes" in n for n in names) == sum(
+        len(list(p.parameters())) for p in prototypes(model).values()
+    )
+
+
+def test_shared_prototype_gradient_is_the_sum_of_the_layers_gradients():
+    """Same weights and masks, once shared and once as per-layer copies: grad(shared) = sum of grad(copies)."""
+    shared = apply_petl(tiny_classifier(layers=3), PETLConfig(method="propetl-lora", sparsity=0.5))
+    copies = apply_petl(tiny_classifier(layers=3), PETLConfig(method="propetl-lora", sparsity=0.5, share="none"))
+    with torch.no_grad():
+        for site, proto in prototypes(shared).items():
+            proto.weights["B"].normal_()
+            for name, weight in proto.weights.items():
+                prototypes(copies)[site].weights[name].copy_(weight.expand_as(prototypes(copies)[site].weights[name]))
+    for key, layer in prototype_layers(copies).items():
+        layer.masks.load_state_dict(prototype_layers(shared)[key].masks.state_dict())
+    _loss(shared).backward()
+    _loss(copies).backward()
+    for site, proto in prototypes(shared).items():
+        for name, weight in proto.weights.items():
+            per_layer = prototypes(copies)[site].weights[name].grad
+            assert per_layer.abs().sum() > 0
+            torch.testing.assert_close(weight.grad[0], per_layer.sum(0))
+
+
+@pytest.mark.parametrize("method", PROPETL)
+def test_share_none_gives_every_layer_its_own_masked_copy(method):
+    model = apply_petl(tiny_classifier("roberta", layers=3), PETLConfig(method=method, share="none", sparsity=0.5))
+    assert all(p.copies == 3 for p in prototypes(model).values())
+    assert sorted({layer.index for layer in prototype_layers(model).values()}) == [0, 1, 2]
+    assert len(layer_masks(model)) > 0
+
+
+def test_random_masks_are_fixed_and_none_means_no_masks():
+    random = apply_petl(tiny_classifier(), PETLConfig(method="propetl-adapter", mask_mode="random", sparsity=0.5))
+    masks = layer_masks(random)
+    assert masks and all(not m.learned for m in masks.values())
+    assert not any(".masks." in n for n, p in random.named_parameters() if p.requires_grad)
+    again = apply_petl(tiny_classifier(), PETLConfig(method="propetl-adapter", mask_mode="random", sparsity=0.5))
+    assert all(torch.equal(m(), layer_masks(again)[k]()) for k, m in masks.items())
+    # layers get different random masks
+    assert not torch.equal(masks["layer.0.ffn.down"](), masks["layer.1.ffn.down"]())
+    none = apply_petl(tiny_classifier(), PETLConfig(method="propetl-adapter", mask_mode="none"))
+    assert layer_masks(none) == {}
+
+
+def test_untrained_adapter_and_lora_leave_the_backbone_output_unchanged(family):
+    batch = tiny_batch()
+    reference = tiny_classifier(family)(**batch).logits
+    for method in ["adapter", "lora", "propetl-adapter", "propetl-lora"]:
+        model = apply_petl(tiny_classifier(family), PETLConfig(method=method))
+        torch.testing.assert_close(model(**batch).logits, reference)
+
+
+def test_prefix_changes_attention_and_respects_padding(family):
+    model = apply_petl(tiny_classifier(family), PETLConfig(method="prefix", prefix_length=5))
+    batch = tiny_batch()
+    logits = model(**batch).logits
+    assert not torch.allclose(logits, tiny_classifier(family)(**batch).logits)
+    # a padded row gives the same result as the same row without its padding
+    row = 3
+    keep = batch["attention_mask"][row].bool()
+    alone = model(input_ids=batch["input_ids"][row : row + 1, keep], attention_mask=batch["attention_mask"][row : row + 1, keep]).logits
+    torch.testing.assert_close(alone[0], logits[row], atol=1e-5, rtol=1e-5)
+
+
+def test_houlsby_placement_adds_an_adapter_after_attention_too():
+    model = apply_petl(tiny_classifier(layers=2), PETLConfig(method="propetl-adapter", adapter_placement="houlsby"))
+    assert sorted(prototypes(model)) == ["attn", "ffn"]
+    assert len(prototype_layers(model)) == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "ia3"}, "method='ia3' is not supported; allowed: adapter, lora, prefix"),
+        ({"method": "propetl-lora", "sparsity": 1.0}, r"sparsity=1.0 is outside \[0, 1\)"),
+        ({"method": "propetl-lora", "sparsity": -0.1}, r"sparsity=-0.1 is outside \[0, 1\)"),
+        ({"method": "adapter", "sparsity": 0.5}, "only propetl-adapter, propetl-lora, propetl-prefix take a sparsity"),
+        ({"method": "propetl-adapter", "mask_mode": "magic"}, "mask_mode='magic' is not supported; allowed: learned, random, none"),
+        ({"method": "propetl-adapter", "share": "tasks"}, "share='tasks' is not supported; allowed: layers, none"),
+        ({"method": "lora", "lora_r": 0}, "lora_r=0 must be a positive integer"),
+        ({"method": "lora", "lora_targets": ["dense"]}, "lora_targets=.*allowed: query, key, value"),
+    ],
+)
+def test_bad_configs_fail_with_one_clear_message(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PETLConfig(**kwargs)
+
+
+def test_unsupported_architecture_fails_before_any_change():
+    gpt2 = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'.*supported: bert, roberta"):
+        apply_petl(gpt2, PETLConfig(method="lora"))
+    assert all(p.requires_grad for p in gpt2.parameters())
+
+
+def test_paper_default_sparsity_per_propetl_method():
+    assert PETLConfig(method="propetl-adapter").sparsity == 0.5
+    assert PETLConfig(method="propetl-lora").sparsity == 0.9
+    assert PETLConfig(method="propetl-prefix").sparsity == 0.9
