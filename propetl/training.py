@@ -1,0 +1,324 @@
+"""One training run: prepared data -> PETL model -> transformers Trainer -> metrics, artifact, provenance.
+
+The run directory is the contract the pipeline reads:
+
+* ``metrics.json``: written last and atomically; its presence means the run finished;
+* ``history.jsonl``: one line per validation pass;
+* ``artifact/``: the :func:`propetl.save_petl` artifact of the best checkpoint;
+* ``provenance.json``: resolved config, package versions, git commit, host, hardware;
+* ``train.log``; ``checkpoints/`` while running (removed at the end unless kept).
+
+A killed run restarted with the same command resumes from its last checkpoint
+(transformers restores model, optimiser, scheduler, RNG and data order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .artifacts import artifact_bytes, save_petl
+from .atomic import write_json
+from .config import PAPER_DEFAULTS, PETLConfig
+from .data import get_task_spec, load_prepared, prepare_task
+from .metrics import compute_metrics
+from .model import apply_petl, head_modules, layer_masks
+from .models import load_model, load_tokenizer, model_identity
+from .provenance import provenance
+from .storage import storage_report
+
+log = logging.getLogger("propetl.train")
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on besides the PETL hyperparameters (see PETLConfig)."""
+
+    model: str = _opt("minilm-l6", "backbone: alias (minilm-l6, tiny-bert, tiny-roberta), HF hub id or local dir")
+    task: str = _opt("rt-polarity", "task name (rt-polarity, snli, glue-*) or a local csv/jsonl/parquet file")
+    out: str = _opt("runs/default", "run directory")
+    label: str | None = _opt(None, "name of this grid entry in tables (default: the method)")
+    seed: int = _opt(1, "training seed (head init, mask scores, data order, dropout)")
+    data_seed: int = _opt(0, "seed of the train/validation/test split, independent of --seed")
+    max_steps: int | None = _opt(None, "optimizer steps (overrides --epochs)")
+    epochs: float = _opt(3.0, "training epochs when --max-steps is not given")
+    batch_size: int = _opt(32, "per-step training batch size")
+    grad_accum: int = _opt(1, "gradient accumulation steps")
+    lr: float | None = _opt(None, "learning rate of the PETL parameters (default: the method's paper default)")
+    mask_lr: float | None = _opt(None, "learning rate of the mask scores (default: the method's paper default)")
+    head_lr: float | None = _opt(None, "learning rate of the task head (default: --lr)")
+    weight_decay: float = _opt(0.0, "weight decay of PETL parameters and head")
+    mask_weight_decay: float = _opt(0.0, "weight decay of the mask scores")
+    warmup_ratio: float = _opt(0.06, "fraction of steps with linear warm-up")
+    eval_every: int = _opt(100, "validate (and checkpoint) every N steps; the best validation combined_score is kept")
+    eval_batch_size: int = _opt(128, "evaluation batch size")
+    max_length: int | None = _opt(None, "max tokens per example (default: the task's)")
+    max_train: int | None = _opt(None, "cap on training examples")
+    max_val: int | None = _opt(None, "cap on validation examples")
+    max_test: int | None = _opt(None, "cap on test examples")
+    prepared: str | None = _opt(None, "tokenised task dir to reuse (made by `propetl prepare`); default: <out>/data")
+    bf16: bool = _opt(False, "bf16 autocast (CPU with AVX512-BF16, or GPU)")
+    fp16: bool = _opt(False, "fp16 autocast (GPU)")
+    threads: int | None = _opt(None, "torch intra-op threads (default: torch's)")
+    keep_checkpoints: bool = _opt(False, "keep checkpoints/ after the run finished")
+    logging_steps: int = _opt(10, "log the training loss every N steps")
+
+
+def resolve(train: TrainConfig, petl: PETLConfig) -> TrainConfig:
+    """Fill learning rates left unset from the method's paper defaults (one place: PAPER_DEFAULTS)."""
+    defaults = PAPER_DEFAULTS[petl.method]
+    lr = train.lr if train.lr is not None else defaults["lr"]
+    return dataclasses.replace(
+        train,
+        lr=lr,
+        mask_lr=train.mask_lr if train.mask_lr is not None else defaults.get("mask_lr", lr),
+        head_lr=train.head_lr if train.head_lr is not None else lr,
+    )
+
+
+def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """PETL parameters, mask scores and head, each with its own learning rate."""
+    scores = {id(p): p for mask in layer_masks(model).values() for p in mask.parameters()}
+    head = {id(p): p for h in head_modules(model).values() for p in h.parameters()}
+    petl = [p for p in model.parameters() if p.requires_grad and id(p) not in scores and id(p) not in head]
+    groups = [
+        {"name": "petl", "params": petl, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"name": "mask_scores", "params": list(scores.values()), "lr": cfg.mask_lr, "weight_decay": cfg.mask_weight_decay},
+        {"name": "head", "params": list(head.values()), "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+class _PETLTrainer(Trainer):
+    def __init__(self, *args, run_config: TrainConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_config = run_config
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            self.optimizer = torch.optim.AdamW(parameter_groups(self.model, self.run_config))
+        return self.optimizer
+
+
+class _History(TrainerCallback):
+    """Appends each validation pass to history.jsonl (rewritten on resume from the checkpoint's log)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not any(k.startswith("eval_") for k in metrics or {}):
+            return  # the final validation / test passes go to metrics.json instead
+        record = {"step": state.global_step, "epoch": state.epoch, **_strip(metrics, "eval_", drop=_TIMING)}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("step %d validation %s", state.global_step, record)
+
+
+def _collator(tokenizer):
+    pad = DataCollatorWithPadding(tokenizer)
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return pad([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+    return collate
+
+
+def _setup_logging(out: Path) -> None:
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("propetl", "transformers.trainer"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _check(train: TrainConfig) -> None:
+    """Fail before loading anything on values no run could use."""
+    for name in ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "logging_steps"):
+        if getattr(train, name) <= 0:
+            raise ValueError(f"{name}={getattr(train, name)} must be a positive integer")
+    if train.max_steps is not None and train.max_steps <= 0:
+        raise ValueError(f"max_steps={train.max_steps} must be a positive integer")
+    if train.epochs <= 0:
+        raise ValueError(f"epochs={train.epochs} must be positive")
+    for name in ("lr", "mask_lr", "head_lr"):
+        value = getattr(train, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name}={value} must be positive")
+    if not 0 <= train.warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio={train.warmup_ratio} must be in [0, 1)")
+    get_task_spec(train.task)
+
+
+@dataclass
+class Fitted:
+    """A trained model with its best checkpoint loaded, and what evaluation needs."""
+
+    config: TrainConfig
+    trainer: Trainer
+    data: Any
+    info: dict[str, Any]
+    train_time_s: float
+    examples_per_s: float | None
+
+
+def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[TrainerCallback] = ()) -> Fitted:
+    """Train (or resume) and load the checkpoint with the best validation combined_score."""
+    _check(train_config)
+    cfg = resolve(train_config, petl_config)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _setup_logging(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    prepared = cfg.prepared or prepare_task(
+        cfg.task, cfg.model, out / "data", data_seed=cfg.data_seed, max_length=cfg.max_length,
+        max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test,
+    )
+    data, info = load_prepared(prepared)
+    set_seed(cfg.seed)
+    model = apply_petl(load_model(cfg.model, info["num_labels"], regression=info["num_labels"] == 1, seed=cfg.seed), petl_config)
+
+    def metrics(prediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        return compute_metrics(info["metrics"], np.squeeze(logits, -1) if info["num_labels"] == 1 else logits, prediction.label_ids)
+
+    checkpoints = out / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        max_steps=cfg.max_steps or -1,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type="linear",
+        eval_strategy="steps",
+        eval_steps=cfg.eval_every,
+        save_strategy="steps",
+        save_steps=cfg.eval_every,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="combined_score",
+        greater_is_better=True,
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cfg.bf16,
+        fp16=cfg.fp16,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        logging_steps=cfg.logging_steps,
+        report_to=[],
+        disable_tqdm=False,
+    )
+    history = out / "history.jsonl"
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume is None:
+        history.unlink(missing_ok=True)
+    else:
+        log.info("resuming from %s", resume)
+        _truncate_history(history, resume)
+    trainer = _PETLTrainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        data_collator=_collator(load_tokenizer(cfg.model)),
+        compute_metrics=metrics,
+        callbacks=[_History(history), *callbacks],
+        run_config=cfg,
+    )
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    return Fitted(cfg, trainer, data, info, time.perf_counter() - start, result.metrics.get("train_samples_per_second"))
+
+
+def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
+    """Run (or resume) one training run and return its metrics (also written to metrics.json)."""
+    fitted = fit(train_config, petl_config)
+    cfg, trainer, out = fitted.config, fitted.trainer, Path(fitted.config.out)
+    model = trainer.model
+    val = _strip(trainer.evaluate(fitted.data["validation"], metric_key_prefix="final"), "final_")
+    test = _strip(trainer.evaluate(fitted.data["test"], metric_key_prefix="test"), "test_")
+    model.eval()
+    backbone = model_identity(cfg.model)
+    artifact = save_petl(model, out / "artifact", backbone=backbone)
+    report = storage_report(model)
+    metrics_out = {
+        "task": cfg.task,
+        "label": cfg.label or petl_config.method,
+        "method": petl_config.method,
+        "sparsity": petl_config.sparsity,
+        "mask_mode": petl_config.mask_mode if petl_config.is_propetl else None,
+        "share": petl_config.share if petl_config.is_propetl else None,
+        "seed": cfg.seed,
+        "data_seed": cfg.data_seed,
+        "model": cfg.model,
+        "val": val,
+        "test": test,
+        "storage": report,
+        "artifact_bytes": artifact_bytes(artifact),
+        "trainable_params": report["trainable_params"],
+        "steps": trainer.state.global_step,
+        "best_step": _best_step(trainer.state.best_model_checkpoint),
+        "train_time_s": fitted.train_time_s,
+        "examples_per_s": fitted.examples_per_s,
+        "peak_memory_mb": _peak_memory_mb(),
+        "split_sizes": fitted.info["split_sizes"],
+    }
+    write_json(out / "provenance.json", provenance({"train": dataclasses.asdict(cfg), "petl": petl_config.to_dict(), "backbone": backbone, "data": fitted.info}))
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    write_json(out / "metrics.json", metrics_out)
+    log.info("finished: val %s test %s", val, test)
+    return metrics_out
+
+
+_TIMING = ("runtime", "samples_per_second", "steps_per_second")
+
+
+def _strip(metrics: dict[str, float], prefix: str, drop: tuple[str, ...] = (*_TIMING, "loss", "epoch")) -> dict[str, float]:
+    """Metric names without the Trainer's prefix; timings vary run to run, so they are left out."""
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.removeprefix(prefix) not in drop}
+
+
+def _best_step(checkpoint: str | None) -> int | None:
+    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else None
+
+
+def _truncate_history(history: Path, checkpoint: str) -> None:
+    """Drop validation lines written after the checkpoint we resume from (they will be redone)."""
+    if not history.is_file():
+        return
+    step = _best_step(checkpoint)
+    kept = [line for line in history.read_text().splitlines() if json.loads(line)["step"] <= step]
+    history.write_text("".join(line + "\n" for line in kept))
+

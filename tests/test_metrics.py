@@ -1,0 +1,70 @@
+"""GLUE metrics against values worked out by hand."""
+
+import math
+
+import pytest
+
+from propetl.data import TASKS
+from propetl.metrics import compute_metrics, metrics_for_task
+
+LABELS = [1, 1, 0, 0, 1, 0]
+PREDICTIONS = [1, 0, 0, 1, 1, 0]  # TP=2 FN=1 FP=1 TN=2
+
+
+def test_accuracy_and_binary_f1_of_the_positive_class():
+    scores = compute_metrics(["accuracy", "f1"], PREDICTIONS, LABELS)
+
+    # accuracy 4/6; precision 2/3, recall 2/3 -> f1 2/3; combined = mean of the two
+    assert scores == pytest.approx({"accuracy": 4 / 6, "f1": 2 / 3, "combined_score": (4 / 6 + 2 / 3) / 2})
+
+
+def test_logits_are_argmaxed():
+    logits = [[0.1, 0.9], [2.0, -1.0], [0.3, 0.2], [0.0, 5.0], [-1.0, 1.0], [4.0, 4.5]]
+
+    assert compute_metrics(["accuracy"], logits, LABELS)["accuracy"] == pytest.approx(3 / 6)
+
+
+def test_matthews_correlation():
+    # (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = (4 - 1) / sqrt(3*3*3*3) = 1/3
+    scores = compute_metrics(["matthews_correlation"], PREDICTIONS, LABELS)
+
+    assert scores["matthews_correlation"] == pytest.approx(1 / 3)
+    assert scores["combined_score"] == pytest.approx(1 / 3)
+
+
+def test_pearson_and_spearman_for_regression_outputs():
+    labels = [1.0, 2.0, 3.0, 4.0]
+    predictions = [[1.0], [3.0], [2.0], [8.0]]  # a regression head's (n, 1) output
+    # deviations: predictions (-2.5, -.5, -1.5, 4.5) around 3.5, labels (-1.5, -.5, .5, 1.5) around 2.5
+    pearson = (3.75 + 0.25 - 0.75 + 6.75) / math.sqrt((6.25 + 0.25 + 2.25 + 20.25) * 5.0)
+    # ranks (1, 3, 2, 4) vs (1, 2, 3, 4): squared rank differences sum to 2
+    spearman = 1 - 6 * (0 + 1 + 1 + 0) / (4 * (16 - 1))
+
+    scores = compute_metrics(["pearson", "spearmanr"], predictions, labels)
+
+    assert scores["pearson"] == pytest.approx(pearson)
+    assert scores["spearmanr"] == pytest.approx(spearman)
+    assert scores["combined_score"] == pytest.approx((pearson + spearman) / 2)
+
+
+def test_task_metrics_follow_glue_conventions():
+    expected = {"glue-cola": ("matthews_correlation",), "glue-mrpc": ("accuracy", "f1"),
+                "glue-qqp": ("accuracy", "f1"), "glue-stsb": ("pearson", "spearmanr")}
+    for name, spec in TASKS.items():
+        assert spec.metrics == expected.get(name, ("accuracy",)), name
+
+    scores = metrics_for_task(TASKS["glue-mrpc"])(PREDICTIONS, LABELS)
+    assert set(scores) == {"accuracy", "f1", "combined_score"}
+
+
+def test_unknown_or_mixed_metrics_are_rejected():
+    with pytest.raises(ValueError, match="unknown metrics \\['bleu'\\]"):
+        compute_metrics(["bleu"], PREDICTIONS, LABELS)
+    with pytest.raises(ValueError, match="cannot mix"):
+        compute_metrics(["accuracy", "pearson"], PREDICTIONS, LABELS)
+
+
+def test_scores_are_plain_floats():
+    scores = compute_metrics(["accuracy", "f1"], PREDICTIONS, LABELS)
+
+    assert all(type(v) is float and math.isfinite(v) for v in scores.values())

