@@ -201,6 +201,8 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
         max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test,
     )
     data, info = load_prepared(prepared)
+    for split in ("validation", "test"):  # order is irrelevant to metrics; sorted batches pad least
+        data[split] = data[split].sort("length")
     set_seed(cfg.seed)
     model = apply_petl(load_model(cfg.model, info["num_labels"], regression=info["num_labels"] == 1, seed=cfg.seed), petl_config)
 
@@ -266,7 +268,8 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
     fitted = fit(train_config, petl_config)
     cfg, trainer, out = fitted.config, fitted.trainer, Path(fitted.config.out)
     model = trainer.model
-    val = _strip(trainer.evaluate(fitted.data["validation"], metric_key_prefix="final"), "final_")
+    best_step = _best_step(trainer.state.best_model_checkpoint)
+    val = _validation_at(out / "history.jsonl", best_step)
     test = _strip(trainer.evaluate(fitted.data["test"], metric_key_prefix="test"), "test_")
     model.eval()
     backbone = model_identity(cfg.model)
@@ -288,7 +291,7 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
         "artifact_bytes": artifact_bytes(artifact),
         "trainable_params": report["trainable_params"],
         "steps": trainer.state.global_step,
-        "best_step": _best_step(trainer.state.best_model_checkpoint),
+        "best_step": best_step,
         "train_time_s": fitted.train_time_s,
         "examples_per_s": fitted.examples_per_s,
         "peak_memory_mb": _peak_memory_mb(),
@@ -308,6 +311,15 @@ _TIMING = ("runtime", "samples_per_second", "steps_per_second")
 def _strip(metrics: dict[str, float], prefix: str, drop: tuple[str, ...] = (*_TIMING, "loss", "epoch")) -> dict[str, float]:
     """Metric names without the Trainer's prefix; timings vary run to run, so they are left out."""
     return {k.removeprefix(prefix): v for k, v in metrics.items() if k.removeprefix(prefix) not in drop}
+
+
+def _validation_at(history: Path, step: int) -> dict[str, float]:
+    """The validation metrics of the kept checkpoint, as measured during training (no second pass)."""
+    for line in history.read_text().splitlines():
+        record = json.loads(line)
+        if record["step"] == step:
+            return {k: v for k, v in record.items() if k not in ("step", "epoch", "loss")}
+    raise RuntimeError(f"no validation record for step {step} in {history}")
 
 
 def _best_step(checkpoint: str | None) -> int | None:
