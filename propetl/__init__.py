@@ -1,8 +1,24 @@
-"""propetl-bench: ProPETL ("One Network, Many Masks", ACL 2023) and the PETL baselines it is compared with."""
+"""propetl-bench: ProPETL ("One Network, Many Masks", ACL 2023) and the PETL baselines it is compared with.
 
-from .artifacts import load_petl, save_petl
-from .config import METHODS, PETLConfig
-from .model import apply_petl, merge_masks
-from .storage import storage_report
+The public names are imported lazily: ``import propetl.config`` (the pipeline
+does it at every parse) must not pay for importing torch and transformers.
+"""
 
-__all__ = ["METHODS", "PETLConfig", "apply_petl", "load_petl", "merge_masks", "save_petl", "storage_report"]
+from importlib import import_module
+
+_PUBLIC = {
+    "METHODS": "config",
+    "PETLConfig": "config",
+    "apply_petl": "model",
+    "merge_masks": "model",
+    "storage_report": "storage",
+    "save_petl": "artifacts",
+    "load_petl": "artifacts",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module 'propetl' has no attribute {name!r}")

@@ -6,10 +6,10 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import PETLConfig
@@ -56,7 +56,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[
 
 def _configs(args: argparse.Namespace):
     """TrainConfig and PETLConfig from the flags, then the --params file's overrides on top."""
-    from .training import TrainConfig
+    from .config import TrainConfig
 
     values = vars(args).copy()
     if args.params:
@@ -115,7 +115,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training import TrainConfig
+    from .config import TrainConfig
 
     parser = argparse.ArgumentParser(prog="propetl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

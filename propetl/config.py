@@ -1,4 +1,6 @@
-"""What a PETL method is configured by, and the paper's defaults in one place.
+"""What a run is configured by (``PETLConfig``, ``TrainConfig``) and the paper's defaults in one place.
+
+Pure dataclasses, no torch: the CLI and the pipeline read them at every start.
 
 Vocabulary used everywhere in this project (configs, CLI, tables):
 
@@ -15,7 +17,7 @@ Vocabulary used everywhere in this project (configs, CLI, tables):
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 BASELINE_METHODS = ("adapter", "lora", "prefix")
@@ -122,3 +124,41 @@ class PETLConfig:
         if unknown:
             raise ValueError(f"unknown PETL config keys {unknown}; allowed: {sorted(known)}")
         return cls(**data)
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on besides the PETL hyperparameters (see PETLConfig)."""
+
+    model: str = _opt("minilm-l6", "backbone: alias (minilm-l6, tiny-bert, tiny-roberta), HF hub id or local dir")
+    task: str = _opt("rt-polarity", "task name (rt-polarity, snli, glue-*) or a local csv/jsonl/parquet file")
+    out: str = _opt("runs/default", "run directory")
+    label: str | None = _opt(None, "name of this grid entry in tables (default: the method)")
+    seed: int = _opt(1, "training seed (head init, mask scores, data order, dropout)")
+    data_seed: int = _opt(0, "seed of the train/validation/test split, independent of --seed")
+    max_steps: int | None = _opt(None, "optimizer steps (overrides --epochs)")
+    epochs: float = _opt(3.0, "training epochs when --max-steps is not given")
+    batch_size: int = _opt(32, "per-step training batch size")
+    grad_accum: int = _opt(1, "gradient accumulation steps")
+    lr: float | None = _opt(None, "learning rate of the PETL parameters (default: the method's paper default)")
+    mask_lr: float | None = _opt(None, "learning rate of the mask scores (default: the method's paper default)")
+    head_lr: float | None = _opt(None, "learning rate of the task head (default: --lr)")
+    weight_decay: float = _opt(0.0, "weight decay of PETL parameters and head")
+    mask_weight_decay: float = _opt(0.0, "weight decay of the mask scores")
+    warmup_ratio: float = _opt(0.06, "fraction of steps with linear warm-up")
+    eval_every: int = _opt(100, "validate (and checkpoint) every N steps; the best validation combined_score is kept")
+    eval_batch_size: int = _opt(128, "evaluation batch size")
+    max_length: int | None = _opt(None, "max tokens per example (default: the task's)")
+    max_train: int | None = _opt(None, "cap on training examples")
+    max_val: int | None = _opt(None, "cap on validation examples")
+    max_test: int | None = _opt(None, "cap on test examples")
+    prepared: str | None = _opt(None, "tokenised task dir to reuse (made by `propetl prepare`); default: <out>/data")
+    bf16: bool = _opt(False, "bf16 autocast (CPU with AVX512-BF16, or GPU)")
+    fp16: bool = _opt(False, "fp16 autocast (GPU)")
+    threads: int | None = _opt(None, "torch intra-op threads (default: torch's)")
+    keep_checkpoints: bool = _opt(False, "keep checkpoints/ after the run finished")
+    logging_steps: int = _opt(10, "log the training loss every N steps")

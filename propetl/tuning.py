@@ -20,7 +20,8 @@ from transformers import TrainerCallback
 
 from .atomic import write_json
 from .config import PETLConfig
-from .training import TrainConfig, fit
+from .config import TrainConfig
+from .training import fit
 
 TUNABLE = ("lr", "mask_lr", "head_lr", "weight_decay", "mask_weight_decay", "warmup_ratio")
 PRUNERS = ("median", "hyperband", "none")

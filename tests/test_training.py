@@ -12,7 +12,8 @@ from propetl import PETLConfig, load_petl
 from propetl.cli import build_parser, main
 from propetl.data import load_prepared
 from propetl.models import load_model
-from propetl.training import TrainConfig, fit, parameter_groups, resolve, train
+from propetl.config import TrainConfig
+from propetl.training import fit, parameter_groups, resolve, train
 from propetl.tuning import tune
 
 WORDS = {1: ["good", "great", "fine", "superb", "lovely"], 0: ["bad", "awful", "dull", "poor", "boring"]}

@@ -1,0 +1,279 @@
+"""The Snakemake pipeline: config validation, the grid it plans, lint, and the CI study end to end.
+
+Every test runs Snakemake as a user would (a subprocess) in a temporary copy of the workflow,
+so nothing here reads or writes the checkout's results/ or .snakemake/.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+
+from propetl.cli import build_parser
+from propetl.config import METHODS, PETLConfig
+from propetl.config import TrainConfig
+from propetl.tuning import TUNABLE
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+STUDIES = {
+    "default": ROOT / "config.yaml",
+    "paper": ROOT / "workflow/configs/paper.yaml",
+    "ci": ROOT / "workflow/configs/ci.yaml",
+}
+SMALL_GLUE = ("glue-cola", "glue-mrpc", "glue-rte", "glue-stsb")
+
+
+def study(name: str) -> dict:
+    return yaml.safe_load(STUDIES[name].read_text())
+
+
+def expected_train_jobs(config: dict) -> int:
+    """Enabled entries x (the task's sweep values, else one sparsity) x tasks x seeds."""
+    per_seed = sum(
+        len(entry.get("sweep", {}).get(task) or [None])
+        for entry in config["methods"]
+        if entry.get("enabled", True)
+        for task in config["tasks"]
+    )
+    return per_seed * len(config["seeds"])
+
+
+# ---------------------------------------------------------------- running snakemake
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A copy of the workflow with the CI task file, as a fresh checkout would have it."""
+    work = tmp_path_factory.mktemp("workflow")
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, work / name)
+    shutil.copytree(ROOT / "workflow", work / "workflow")
+    (work / "tests/fixtures").mkdir(parents=True)
+    shutil.copy(ROOT / "tests/fixtures/sentiment.csv", work / "tests/fixtures/sentiment.csv")
+    return work
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=600)
+
+
+def dry_run(workdir: Path, *args: str) -> str:
+    result = snakemake(workdir, "-n", "-p", "--nolock", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def commands(output: str, subcommand: str) -> list[list[str]]:
+    """The planned `propetl <subcommand>` command lines as argv, without the log redirection."""
+    lines = re.findall(rf"^Shell command: propetl {subcommand} (.*)$", output, re.M)
+    return [[subcommand, *shlex.split(line.split(" > ", 1)[0])] for line in lines]
+
+
+def flag(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+# ---------------------------------------------------------------- the configs
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_each_study_is_valid_against_the_schema(name):
+    Draft202012Validator.check_schema(SCHEMA)
+    Draft202012Validator(SCHEMA).validate(study(name))
+
+
+def test_the_schema_speaks_the_cli_vocabulary():
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    petl_keys = {f.name for f in dataclasses.fields(PETLConfig)}
+    defs = SCHEMA["$defs"]
+    assert set(defs["training_props"]["properties"]) <= train_keys
+    assert set(defs["method_params"]["properties"]) <= train_keys | petl_keys
+    for name in STUDIES:
+        config = study(name)
+        assert {entry["method"] for entry in config["methods"]} <= set(METHODS)
+        for space in config.get("tuning", {}).get("search_space", {}).values():
+            assert set(space) <= set(TUNABLE)
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def test_paper_study_plans_168_runs_with_the_official_budgets(workdir):
+    config = study("paper")
+    output = dry_run(workdir, "--configfile", "workflow/configs/paper.yaml")
+    counts = job_counts(output)
+    assert counts["train"] == expected_train_jobs(config) == 8 * 3 * 7 == 168
+    assert counts["prepare"] == 8 and counts["tables"] == counts["figures"] == 1
+    assert "tune" not in counts
+    parser = build_parser()
+    for argv in commands(output, "train"):
+        args = parser.parse_args(argv)  # every flag the workflow writes is one `propetl train` takes
+        assert args.model == "roberta-base" and args.max_length is None and args.params is None
+        assert args.epochs == (20 if args.task in SMALL_GLUE else 10) and args.max_steps is None
+        assert args.lr is None and args.mask_lr is None  # from PAPER_DEFAULTS
+        assert args.seed in (42, 43, 44)
+    prepared = {flag(argv, "--task"): flag(argv, "--max-length") for argv in commands(output, "prepare")}
+    assert prepared == {task: "128" for task in config["tasks"]}
+
+
+def test_default_study_grid_sweeps_only_where_asked_and_never_duplicates_baselines(workdir):
+    config = study("default")
+    output = dry_run(workdir)
+    counts = job_counts(output)
+    assert counts["train"] == expected_train_jobs(config) == 38
+    assert counts["tune"] == 4  # adapter and propetl-adapter on both tasks
+    parser = build_parser()
+    runs = {}
+    for argv in commands(output, "train"):
+        args = parser.parse_args(argv)
+        assert re.fullmatch(r"results/runs/[\w.-]+/[\w.-]+/s(-|[0-9.]+)/seed\d", args.out), args.out
+        runs[args.out] = args
+    cells = {(a.task, a.label): set() for a in runs.values()}
+    for out, args in runs.items():
+        cells[args.task, args.label].add(out.split("/")[4])
+    for label in ("full", "bitfit", "adapter", "lora", "prefix"):  # baselines: one folder, s-
+        assert cells["rt-polarity", label] == cells["snli", label] == {"s-"}
+    assert cells["rt-polarity", "propetl-adapter"] == {"s0.3", "s0.5", "s0.7", "s0.9"}
+    assert cells["snli", "propetl-adapter"] == {"s0.5"}
+    assert cells["rt-polarity", "propetl-lora"] == cells["snli", "propetl-prefix"] == {"s0.9"}
+    assert "results/runs/rt-polarity/full/s-/seed1" in runs
+    assert "results/runs/rt-polarity/propetl-adapter/s0.7/seed2" in runs
+    # Sweep values reuse the study at the entry's own sparsity; untuned entries get no --params.
+    assert runs["results/runs/rt-polarity/propetl-adapter/s0.7/seed2"].params == (
+        "results/tuning/rt-polarity/propetl-adapter/s0.5/best_params.json")
+    assert runs["results/runs/snli/adapter/s-/seed1"].params == "results/tuning/snli/adapter/s-/best_params.json"
+    assert runs["results/runs/snli/lora/s-/seed1"].params is None
+    for argv in commands(output, "tune"):
+        assert build_parser().parse_args(argv).n_trials == config["tuning"]["n_trials"]
+
+
+def test_config_overrides_on_the_command_line_are_typed_merged_and_checked(workdir):
+    output = dry_run(workdir, "--config", "seeds=[3]", "tuning={enabled: false}", "output=elsewhere")
+    counts = job_counts(output)
+    assert counts["train"] == expected_train_jobs({**study("default"), "seeds": [3]}) == 19
+    assert "tune" not in counts
+    for argv in commands(output, "train"):
+        args = build_parser().parse_args(argv)
+        assert args.seed == 3 and args.params is None and args.out.startswith("elsewhere/runs/")
+
+
+def test_snakemake_lint_reports_nothing(workdir):
+    result = snakemake(workdir, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- bad configs
+
+
+def _bad(mutate):
+    config = copy.deepcopy(study("default"))
+    mutate(config)
+    return config
+
+
+BAD_CONFIGS = {
+    # case: (config file or None for the default, extra args, what the one line must name)
+    "unknown method": (_bad(lambda c: c["methods"][0].update(method="propetl-adaptor")), (), ["methods[0]", "'propetl-adaptor'", "allowed: adapter"]),
+    "unknown task": (_bad(lambda c: c["tasks"].update({"glue-sst3": {}})), (), ["tasks", "'glue-sst3'", "allowed: rt-polarity"]),
+    "sparsity 1.0": (_bad(lambda c: c["methods"][3].update(sparsity=1.0)), (), ["methods[3].sparsity", "[0, 1)"]),
+    "max_steps 0": (_bad(lambda c: c["training"].update(max_steps=0)), (), ["training.max_steps", "minimum of 1"]),
+    "empty methods": (_bad(lambda c: c.update(methods=[])), (), ["methods", "non-empty"]),
+    "unknown top-level key": (_bad(lambda c: c.update(epochs=3)), (), ["'epochs'", "top level", "allowed: output"]),
+    "tuned method without search space": (_bad(lambda c: c["tuning"]["search_space"].pop("adapter")), (), ["tuning.search_space", "'adapter'"]),
+    "--config override": (None, ("--config", "tuning={n_trials: 0}"), ["tuning.n_trials", "minimum of 1"]),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_config_runs(workdir, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """Each bad config planned once (two at a time: each run is mostly start-up)."""
+    folder = tmp_path_factory.mktemp("bad")
+
+    def plan(case):
+        config, extra, _ = BAD_CONFIGS[case]
+        args = ["-n", "--nolock", *extra]
+        if config is not None:
+            path = folder / f"{case.replace(' ', '_')}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            args += ["--configfile", str(path)]
+        return case, snakemake(workdir, *args)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(plan, BAD_CONFIGS))
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_a_bad_config_stops_before_any_job_with_one_line_naming_the_key(bad_config_runs, case):
+    result = bad_config_runs[case]
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Job stats" not in output and "Building DAG" not in output
+    lines = [line for line in output.splitlines() if line.startswith("config: ")]
+    assert len(lines) == 1, output
+    for needle in BAD_CONFIGS[case][2]:
+        assert needle in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------- the CI study end to end
+
+
+@pytest.fixture(scope="module")
+def ci_run(workdir) -> tuple[subprocess.CompletedProcess, Path]:
+    result = snakemake(workdir, "--cores", "2", "--configfile", "workflow/configs/ci.yaml")
+    return result, workdir / study("ci")["output"]
+
+
+def test_ci_study_runs_end_to_end(ci_run):
+    result, root = ci_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = study("ci")
+    runs = pd.read_csv(root / "tables/runs.csv")
+    assert len(runs) == expected_train_jobs(config) == 4
+    assert sorted(runs["run_dir"]) == [
+        "runs/sentiment/adapter/s-/seed1",
+        "runs/sentiment/bitfit/s-/seed1",
+        "runs/sentiment/propetl-adapter/s0.5/seed1",
+        "runs/sentiment/propetl-adapter/s0.9/seed1",
+    ]
+    for name in ("cells.csv", "paper_table.csv", "paper_table.md", "paper_table.tex"):
+        assert (root / "tables" / name).is_file()
+    for name in ("score_vs_storage", "score_vs_sparsity", "mask_overlap"):
+        assert (root / "figures" / f"{name}.png").is_file()
+    for study_dir in ("sentiment/adapter/s-", "sentiment/propetl-adapter/s0.5"):
+        best = yaml.safe_load((root / "tuning" / study_dir / "best_params.json").read_text())
+        assert best["_study"]["n_trials"] == config["tuning"]["n_trials"] and "lr" in best
+        assert (root / "tuning" / study_dir / "journal.log").stat().st_size > 0
+    assert not (root / "tuning/sentiment/propetl-adapter/s0.9").exists()  # the sweep reuses s0.5's study
+    assert (root / "benchmarks/train/sentiment/bitfit/s-/seed1.tsv").is_file()
+    assert (root / "logs/train/sentiment/bitfit/s-/seed1.log").is_file()
+
+
+def test_a_second_run_has_nothing_to_do_and_the_report_builds(ci_run, workdir):
+    result, root = ci_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    again = snakemake(workdir, "--cores", "2", "--configfile", "workflow/configs/ci.yaml")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    report = snakemake(workdir, "--configfile", "workflow/configs/ci.yaml", "--report", str(root / "report.html"))
+    assert report.returncode == 0, report.stdout + report.stderr
+    html = (root / "report.html").read_text()
+    assert "score_vs_storage.png" in html and "paper_table.csv" in html

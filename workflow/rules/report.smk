@@ -1,0 +1,56 @@
+rule tables:
+    """runs.csv, per-cell means and the paper-style table.
+
+    propetl tables reads every runs/*/*/s*/seed*/metrics.json below the results root,
+    including runs of earlier grids left there: use another `output` for another study.
+    """
+    input:
+        run_metrics(),
+    output:
+        runs=report(results("tables/runs.csv"), caption="../report/runs.rst", category="Tables"),
+        cells=results("tables/cells.csv"),
+        paper=report(results("tables/paper_table.csv"), caption="../report/paper_table.rst", category="Tables"),
+        markdown=results("tables/paper_table.md"),
+        latex=results("tables/paper_table.tex"),
+    params:
+        root=lambda wildcards, output: Path(output.runs).parent.parent,
+        out=lambda wildcards, output: Path(output.runs).parent,
+    log:
+        results("logs/tables.log"),
+    benchmark:
+        results("benchmarks/tables.tsv")
+    conda:
+        "../envs/propetl.yaml"
+    threads: resource("aggregate", "threads")
+    resources:
+        mem_mb=resource("aggregate", "mem_mb"),
+        runtime=resource("aggregate", "runtime"),
+    shell:
+        "propetl tables --results {params.root} --out {params.out} > {log} 2>&1"
+
+
+rule figures:
+    """Score vs storage (always), score vs sparsity and mask overlap (when there are ProPETL runs)."""
+    input:
+        run_metrics(),
+    output:
+        report(
+            directory(results("figures")),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    params:
+        root=lambda wildcards, output: Path(output[0]).parent,
+    log:
+        results("logs/figures.log"),
+    benchmark:
+        results("benchmarks/figures.tsv")
+    conda:
+        "../envs/propetl.yaml"
+    threads: resource("aggregate", "threads")
+    resources:
+        mem_mb=resource("aggregate", "mem_mb"),
+        runtime=resource("aggregate", "runtime"),
+    shell:
+        "propetl figures --results {params.root} --out {output} > {log} 2>&1"

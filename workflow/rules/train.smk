@@ -1,0 +1,29 @@
+rule train:
+    """One run: a grid entry at one sparsity on one task with one seed.
+
+    metrics.json is written last, so its presence means the run finished; a killed run
+    rerun by Snakemake resumes from its last checkpoint in the same folder.
+    """
+    input:
+        data=rules.prepare.output,
+        params=best_params,
+    output:
+        results("runs/{task}/{label}/s{sparsity}/seed{seed}/metrics.json"),
+    params:
+        flags=train_flags,
+        tuned=lambda wildcards, input: f"--params {input.params}" if input.params else "",
+        run_dir=lambda wildcards, output: os.path.dirname(output[0]),
+    log:
+        results("logs/train/{task}/{label}/s{sparsity}/seed{seed}.log"),
+    benchmark:
+        results("benchmarks/train/{task}/{label}/s{sparsity}/seed{seed}.tsv")
+    conda:
+        "../envs/propetl.yaml"
+    threads: resource("train", "threads")
+    resources:
+        mem_mb=resource("train", "mem_mb"),
+        runtime=resource("train", "runtime"),
+        gpu=resource("train", "gpu"),
+    shell:
+        "propetl train {params.flags} --threads {threads} --prepared {input.data}"
+        " {params.tuned} --out {params.run_dir} > {log} 2>&1"

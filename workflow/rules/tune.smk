@@ -1,0 +1,27 @@
+rule tune:
+    """One Optuna study of a grid entry's learning rates on a task's validation split.
+
+    The journal is deliberately not an output: Snakemake would delete it before a rerun,
+    and an interrupted study resumes with the trials it has. Delete it to start afresh.
+    """
+    input:
+        data=rules.prepare.output,
+    output:
+        results("tuning/{task}/{label}/s{sparsity}/best_params.json"),
+    params:
+        flags=tune_flags,
+        journal=results("tuning/{task}/{label}/s{sparsity}/journal.log"),
+    log:
+        results("logs/tune/{task}/{label}/s{sparsity}.log"),
+    benchmark:
+        results("benchmarks/tune/{task}/{label}/s{sparsity}.tsv")
+    conda:
+        "../envs/propetl.yaml"
+    threads: resource("tune", "threads")
+    resources:
+        mem_mb=resource("tune", "mem_mb"),
+        runtime=resource("tune", "runtime"),
+        gpu=resource("tune", "gpu"),
+    shell:
+        "propetl tune {params.flags} --threads {threads} --prepared {input.data}"
+        " --storage {params.journal} --out {output} > {log} 2>&1"
