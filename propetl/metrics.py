@@ -9,15 +9,11 @@ that tasks with two metrics are ranked on one number.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
-if TYPE_CHECKING:
-    from propetl.data import TaskSpec
 
 _CLASSIFICATION: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy_score,
@@ -49,7 +45,3 @@ def compute_metrics(metric_names: Sequence[str], predictions: ArrayLike, labels:
     scores["combined_score"] = float(np.mean(list(scores.values())))
     return scores
 
-
-def metrics_for_task(task: TaskSpec) -> Callable[[ArrayLike, ArrayLike], dict[str, float]]:
-    """``(predictions, labels) -> scores`` with the task's own metrics."""
-    return lambda predictions, labels: compute_metrics(task.metrics, predictions, labels)
