@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
+from .atomic import atomic_dir
 from .config import PETLConfig
 from .masks import Mask
 from .model import apply_petl, backbone_parameters, encoder_layers, head_modules, layer_masks, petl_config_of, prototype_layers, prototypes
@@ -104,27 +103,13 @@ def _describe(model: PreTrainedModel, backbone: dict[str, Any] | None) -> dict[s
 
 
 def save_petl(model: PreTrainedModel, directory: str | os.PathLike, backbone: dict[str, Any] | None = None) -> Path:
-    """Write the artifact atomically: a reader sees the old directory or the complete new one."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    """Write the artifact atomically: a reader never sees half of one (see :func:`atomic_dir`)."""
+    with atomic_dir(directory) as staging:
         save_prototype(model, staging / PROTOTYPE_FILE)
         save_masks(model, staging / MASKS_FILE)
         save_head(model, staging / HEAD_FILE)
         (staging / CONFIG_FILE).write_text(json.dumps(_describe(model, backbone), indent=2))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            directory.rename(old)
-            staging.rename(directory)
-            shutil.rmtree(old)
-        else:
-            staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
 def artifact_bytes(directory: str | os.PathLike) -> int:

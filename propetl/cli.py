@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna study of a run's learning rates on the validation split; --out is the best_params.json to write",
     )
     for parser_ in (train, tune):
-        add_dataclass_flags(parser_, TrainConfig)
+        add_dataclass_flags(parser_, TrainConfig, skip=("out",) if parser_ is tune else ())
         add_dataclass_flags(parser_, PETLConfig, PETL_HELP)
         parser_.add_argument("--params", default=None, help="JSON file of config overrides (e.g. best_params.json); wins over flags")
     train.set_defaults(func=_train)
@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed")
     tune.add_argument("--pruner", default="median", help="median | hyperband | none")
     tune.add_argument("--storage", required=True, help="Optuna journal file (resumable; optuna-dashboard opens it)")
+    tune.add_argument("--out", required=True, help="best_params.json to write (best params + study summary under _study)")
     tune.set_defaults(func=_tune)
 
     for name, func, what in (("tables", _tables, "CSV/Markdown/LaTeX tables"), ("figures", _figures, "PNG/PDF figures")):
@@ -161,5 +162,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         sys.exit(f"propetl {args.command}: error: {error}")

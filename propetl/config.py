@@ -28,18 +28,23 @@ MASK_MODES = ("learned", "random", "none")
 SHARE_MODES = ("layers", "none")
 ADAPTER_PLACEMENTS = ("pfeiffer", "houlsby")
 
-# The paper's / official scripts' settings per method. Training code and the
-# pipeline read these; nothing else hard-codes them.
+# The paper's / official scripts' settings. Training code, PETLConfig's defaults and the
+# pipeline read these; nothing else hard-codes them. The adapter lr and every mask_lr and
+# sparsity are the official scripts'; the LoRA lr is the LoRA paper's RoBERTa-base value;
+# the prefix, full and bitfit lrs are common choices, not from the ProPETL paper.
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "adapter": {"lr": 1e-4, "reduction_factor": 12},
-    "lora": {"lr": 5e-4, "lora_r": 32, "lora_alpha": 48},
-    "prefix": {"lr": 5e-3, "prefix_length": 64},
-    "propetl-adapter": {"lr": 1e-4, "mask_lr": 3e-3, "sparsity": 0.5, "reduction_factor": 12},
-    "propetl-lora": {"lr": 5e-4, "mask_lr": 3e-2, "sparsity": 0.9, "lora_r": 32, "lora_alpha": 48},
-    "propetl-prefix": {"lr": 5e-3, "mask_lr": 1e-4, "sparsity": 0.9, "prefix_length": 64},
+    "adapter": {"lr": 1e-4},
+    "lora": {"lr": 5e-4},
+    "prefix": {"lr": 5e-3},
+    "propetl-adapter": {"lr": 1e-4, "mask_lr": 3e-3, "sparsity": 0.5},
+    "propetl-lora": {"lr": 5e-4, "mask_lr": 3e-2, "sparsity": 0.9},
+    "propetl-prefix": {"lr": 5e-3, "mask_lr": 1e-4, "sparsity": 0.9},
     "full": {"lr": 2e-5},
     "bitfit": {"lr": 1e-3},
 }
+# Module sizes of the paper (RoBERTa-base, hidden 768): adapter bottleneck 64, LoRA r 32 /
+# alpha 48 on query and value, 64 prefix vectors per layer.
+PAPER_MODULE_DEFAULTS: dict[str, Any] = {"reduction_factor": 12, "lora_r": 32, "lora_alpha": 48.0, "prefix_length": 64}
 
 
 def module_kind(method: str) -> str | None:
@@ -63,15 +68,15 @@ class PETLConfig:
     share: str = "layers"
     mask_seed: int = 0
     # adapter
-    reduction_factor: int = 12
+    reduction_factor: int = PAPER_MODULE_DEFAULTS["reduction_factor"]
     adapter_placement: str = "pfeiffer"
     # lora
-    lora_r: int = 32
-    lora_alpha: float = 48.0
+    lora_r: int = PAPER_MODULE_DEFAULTS["lora_r"]
+    lora_alpha: float = PAPER_MODULE_DEFAULTS["lora_alpha"]
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("query", "value")
     # prefix
-    prefix_length: int = 64
+    prefix_length: int = PAPER_MODULE_DEFAULTS["prefix_length"]
     prefix_mid_dim: int = 512
 
     def __post_init__(self) -> None:
@@ -85,8 +90,12 @@ class PETLConfig:
             self.sparsity = float(self.sparsity)
             _allowed("mask_mode", self.mask_mode, MASK_MODES)
             _allowed("share", self.share, SHARE_MODES)
-        elif self.sparsity is not None:
-            raise ValueError(f"sparsity={self.sparsity!r} given for method {self.method!r}; only {', '.join(PROPETL_METHODS)} take a sparsity")
+        else:
+            for name, default in (("sparsity", None), ("mask_mode", "learned"), ("share", "layers")):
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} given for method {self.method!r}; only {', '.join(PROPETL_METHODS)} take a {name}"
+                    )
         _allowed("adapter_placement", self.adapter_placement, ADAPTER_PLACEMENTS)
         for name in ("reduction_factor", "lora_r", "prefix_length", "prefix_mid_dim"):
             value = getattr(self, name)

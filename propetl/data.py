@@ -38,8 +38,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +50,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers import PreTrainedTokenizerBase
 
 from propetl import resources
+from propetl.atomic import atomic_dir
 from propetl.models import load_tokenizer, model_identity
 
 SPLITS = ("train", "validation", "test")
@@ -265,7 +264,12 @@ def file_task_spec(path: str | os.PathLike, text_columns: Sequence[str] = ("text
     """A task read from one table; classification labels (strings or numbers) get ids in sorted order."""
     if len(text_columns) not in (1, 2):
         raise ValueError(f"text_columns must name one or two columns, got {list(text_columns)}")
-    labels = _read_table(Path(path))[label_column].dropna()
+    table = _read_table(Path(path))
+    missing = [c for c in (*text_columns, label_column) if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: columns {missing} not found; the file has {list(table.columns)} "
+                         f"(text_columns={list(text_columns)}, label_column={label_column!r})")
+    labels = table[label_column].dropna()
     label_names = () if regression else tuple(str(v) for v in sorted(labels.unique()))
     return TaskSpec(
         name=str(path), text_fields=tuple(text_columns), num_labels=1 if regression else len(label_names),
@@ -280,7 +284,7 @@ def get_task_spec(name: str, **file_options: Any) -> TaskSpec:
     """The spec of a registered task, or of a table file (``file_options`` go to ``file_task_spec``)."""
     if name in TASKS:
         if file_options:
-            raise TypeError(f"options {sorted(file_options)} apply only to file tasks, not {name!r}")
+            raise ValueError(f"options {sorted(file_options)} apply only to file tasks, not {name!r}")
         return TASKS[name]
     if Path(name).is_file():
         return file_task_spec(name, **file_options)
@@ -336,7 +340,7 @@ def prepare_task(task: str, model: str, out_dir: str | os.PathLike, *, data_seed
     """Tokenise a task once for all jobs that share task, tokenizer, data seed, length and caps.
 
     An existing ``out_dir`` whose ``prepared.json`` matches the request is reused; any other is
-    replaced. The directory appears by one rename, so a crash never leaves a half-written one.
+    replaced atomically (:func:`propetl.atomic.atomic_dir`): a crash never leaves a half-written one.
     """
     out_dir = Path(out_dir)
     spec, _ = _resolve(task, options)
@@ -354,17 +358,9 @@ def prepare_task(task: str, model: str, out_dir: str | os.PathLike, *, data_seed
     tokenized = tokenize_task(dsdict, load_tokenizer(model, revision), request["max_length"])
     info = {**request, "num_labels": spec.num_labels, "label_names": list(spec.label_names),
             "metrics": list(spec.metrics), "split_sizes": split_sizes(tokenized)}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        tokenized.save_to_disk(str(tmp))
-        (tmp / "prepared.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(out_dir) as staging:
+        tokenized.save_to_disk(str(staging))
+        (staging / "prepared.json").write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
 
 

@@ -108,13 +108,32 @@ def _collator(tokenizer):
     return collate
 
 
+_LOGGERS = ("propetl", "transformers.trainer")
+_log_handler: logging.Handler | None = None
+
+
 def _setup_logging(out: Path) -> None:
-    handler = logging.FileHandler(out / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("propetl", "transformers.trainer"):
+    """Send this run's log to out/train.log, and stop sending to the previous run's (tuning trials)."""
+    global _log_handler
+    if _log_handler is not None:
+        for name in _LOGGERS:
+            logging.getLogger(name).removeHandler(_log_handler)
+        _log_handler.close()
+    _log_handler = logging.FileHandler(out / "train.log")
+    _log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in _LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
+        logger.addHandler(_log_handler)
+
+
+def _check_prepared(path: str | Path, info: dict[str, Any], cfg: TrainConfig) -> None:
+    """Refuse tokenised data made for another task, tokenizer, split or length than this run's."""
+    expected = {"task": cfg.task, "data_seed": cfg.data_seed, "model": model_identity(cfg.model)}
+    expected |= {k: getattr(cfg, k) for k in ("max_length", "max_train", "max_val", "max_test") if getattr(cfg, k) is not None}
+    for key, value in expected.items():
+        if info.get(key) != value:
+            raise ValueError(f"--prepared {path} was made with {key}={info.get(key)!r}, but this run has {key}={value!r}")
 
 
 def _peak_memory_mb() -> float:
@@ -130,6 +149,8 @@ def _check(train: TrainConfig) -> None:
             raise ValueError(f"{name}={getattr(train, name)} must be a positive integer")
     if train.max_steps is not None and train.max_steps <= 0:
         raise ValueError(f"max_steps={train.max_steps} must be a positive integer")
+    if train.max_steps is not None and train.eval_every > train.max_steps:
+        raise ValueError(f"eval_every={train.eval_every} exceeds max_steps={train.max_steps}: no validation would pick the checkpoint")
     if train.epochs <= 0:
         raise ValueError(f"epochs={train.epochs} must be positive")
     for name in ("lr", "mask_lr", "head_lr"):
@@ -168,6 +189,7 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
         max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test,
     )
     data, info = load_prepared(prepared)
+    _check_prepared(prepared, info, cfg)
     for split in ("validation", "test"):  # order is irrelevant to metrics; sorted batches pad least
         data[split] = data[split].sort("length")
     set_seed(cfg.seed)
@@ -209,6 +231,7 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
         disable_tqdm=False,
     )
     history = out / "history.jsonl"
+    _discard_foreign_checkpoints(checkpoints, cfg, petl_config)
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if resume is None:
         history.unlink(missing_ok=True)
@@ -278,6 +301,18 @@ _TIMING = ("runtime", "samples_per_second", "steps_per_second")
 def _strip(metrics: dict[str, float], prefix: str, drop: tuple[str, ...] = (*_TIMING, "loss", "epoch")) -> dict[str, float]:
     """Metric names without the Trainer's prefix; timings vary run to run, so they are left out."""
     return {k.removeprefix(prefix): v for k, v in metrics.items() if k.removeprefix(prefix) not in drop}
+
+
+def _discard_foreign_checkpoints(checkpoints: Path, cfg: TrainConfig, petl_config: PETLConfig) -> None:
+    """Resume only what this exact config started: a changed lr or sparsity starts afresh."""
+    ignored = ("out", "keep_checkpoints", "threads", "logging_steps", "prepared")
+    fingerprint = {"train": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}, "petl": petl_config.to_dict()}
+    marker = checkpoints / "run_config.json"
+    if checkpoints.is_dir() and (not marker.is_file() or json.loads(marker.read_text()) != json.loads(json.dumps(fingerprint))):
+        log.info("discarding checkpoints of another config in %s", checkpoints)
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    write_json(marker, fingerprint)
 
 
 def _validation_at(history: Path, step: int) -> dict[str, float]:

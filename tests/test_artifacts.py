@@ -59,14 +59,17 @@ def test_artifact_bytes_match_the_storage_report(method, tmp_path):
     assert ideal <= size <= ideal * 1.05 + 8192
 
 
-def test_artifact_holds_no_backbone_weights_and_no_scores(tmp_path):
+def test_artifact_holds_exactly_prototype_masks_and_head(tmp_path):
     from safetensors import safe_open
 
     save_petl(trained_like("propetl-adapter"), tmp_path / "a")
+    keys = {}
     for name in ("prototype", "masks", "head"):
         with safe_open(tmp_path / "a" / f"{name}.safetensors", "pt") as f:
-            keys = list(f.keys())
-        assert not any("scores" in k or "embeddings" in k or "attention" in k for k in keys), keys
+            keys[name] = set(f.keys())
+    assert keys["prototype"] == {"ffn.down", "ffn.down_bias", "ffn.up", "ffn.up_bias"}
+    assert keys["masks"] == {f"layer.{i}.ffn.{t}" for i in range(3) for t in ("down", "up")}
+    assert keys["head"] == {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"}
 
 
 def test_stored_masks_are_the_learned_top_k_masks(tmp_path):

@@ -269,3 +269,10 @@ def test_prepare_task_writes_once_and_reuses_a_matching_directory(tmp_path, monk
     assert load_prepared(out)[1]["max_length"] == 16
     assert max(load_prepared(out)[0]["train"]["length"]) <= 16
     assert [p.name for p in out.parent.iterdir()] == ["rte"]
+
+
+def test_a_file_task_without_the_named_columns_fails_with_one_clear_line(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("review,stars\ngood film,5\n")
+    with pytest.raises(ValueError, match=r"columns \['text', 'label'\] not found; the file has \['review', 'stars'\]"):
+        get_task_spec(str(path))

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from propetl.data import TASKS
-from propetl.metrics import compute_metrics, metrics_for_task
+from propetl.metrics import compute_metrics
 
 LABELS = [1, 1, 0, 0, 1, 0]
 PREDICTIONS = [1, 0, 0, 1, 1, 0]  # TP=2 FN=1 FP=1 TN=2
@@ -53,7 +53,7 @@ def test_task_metrics_follow_glue_conventions():
     for name, spec in TASKS.items():
         assert spec.metrics == expected.get(name, ("accuracy",)), name
 
-    scores = metrics_for_task(TASKS["glue-mrpc"])(PREDICTIONS, LABELS)
+    scores = compute_metrics(TASKS["glue-mrpc"].metrics, PREDICTIONS, LABELS)
     assert set(scores) == {"accuracy", "f1", "combined_score"}
 
 

@@ -125,6 +125,8 @@ def test_houlsby_placement_adds_an_adapter_after_attention_too():
         ({"method": "propetl-lora", "sparsity": 1.0}, r"sparsity=1.0 is outside \[0, 1\)"),
         ({"method": "propetl-lora", "sparsity": -0.1}, r"sparsity=-0.1 is outside \[0, 1\)"),
         ({"method": "adapter", "sparsity": 0.5}, "only propetl-adapter, propetl-lora, propetl-prefix take a sparsity"),
+        ({"method": "lora", "mask_mode": "random"}, "mask_mode='random' given for method 'lora'; only .* take a mask_mode"),
+        ({"method": "full", "share": "none"}, "share='none' given for method 'full'"),
         ({"method": "propetl-adapter", "mask_mode": "magic"}, "mask_mode='magic' is not supported; allowed: learned, random, none"),
         ({"method": "propetl-adapter", "share": "tasks"}, "share='tasks' is not supported; allowed: layers, none"),
         ({"method": "lora", "lora_r": 0}, "lora_r=0 must be a positive integer"),

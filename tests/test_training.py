@@ -100,6 +100,31 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(sentiment_csv, 
     assert "resuming from" in (tmp_path / "killed" / "train.log").read_text()
 
 
+def test_a_rerun_with_another_config_starts_afresh_instead_of_resuming(sentiment_csv, tmp_path):
+    petl = PETLConfig(method="propetl-adapter")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(sentiment_csv, tmp_path / "run"), petl, callbacks=[_Kill()])
+    changed = train(config(sentiment_csv, tmp_path / "run", lr=1e-3), petl)
+    fresh = train(config(sentiment_csv, tmp_path / "fresh", lr=1e-3), petl)
+    assert "discarding checkpoints of another config" in (tmp_path / "run" / "train.log").read_text()
+    assert changed["val"] == fresh["val"] and changed["test"] == fresh["test"]
+
+
+def test_prepared_data_of_another_split_is_refused(sentiment_csv, tmp_path):
+    from propetl.data import prepare_task
+
+    prepared = prepare_task(sentiment_csv, "tiny-bert", tmp_path / "prepared", data_seed=0)
+    with pytest.raises(ValueError, match="was made with data_seed=0, but this run has data_seed=1"):
+        train(config(sentiment_csv, tmp_path / "run", data_seed=1, prepared=str(prepared)), PETLConfig(method="adapter"))
+
+
+def test_tune_requires_the_best_params_path():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["tune", "--method", "adapter", "--search-space", "{}", "--storage", "j.log"])
+    args = build_parser().parse_args(["tune", "--method", "adapter", "--search-space", "{}", "--storage", "j.log", "--out", "b.json"])
+    assert args.out == "b.json"
+
+
 def test_mask_scores_head_and_petl_parameters_get_their_own_learning_rates():
     from propetl import apply_petl
 
@@ -124,6 +149,8 @@ def test_paper_defaults_fill_unset_learning_rates():
         (["--method", "propetl-lora", "--sparsity", "1.5"], r"sparsity=1.5 is outside \[0, 1\)"),
         (["--method", "magic"], "method='magic' is not supported"),
         (["--method", "adapter", "--batch-size", "-1"], "batch_size=-1 must be a positive integer"),
+        (["--method", "adapter", "--max-steps", "5", "--eval-every", "10"], "eval_every=10 exceeds max_steps=5"),
+        (["--method", "adapter", "--mask-mode", "random"], "mask_mode='random' given for method 'adapter'"),
     ],
 )
 def test_bad_input_fails_with_one_line_before_any_work(argv, message, tmp_path, capsys):
