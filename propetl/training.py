@@ -31,7 +31,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer_utils import get_last_checkpoint
 
 from .artifacts import artifact_bytes, save_petl
-from .atomic import write_json
+from .atomic import write_json, write_text
 from .config import PAPER_DEFAULTS, PETLConfig, TrainConfig
 from .data import get_task_spec, load_prepared, prepare_task
 from .metrics import compute_metrics
@@ -329,10 +329,20 @@ def _best_step(checkpoint: str | None) -> int | None:
 
 
 def _truncate_history(history: Path, checkpoint: str) -> None:
-    """Drop validation lines written after the checkpoint we resume from (they will be redone)."""
+    """Drop validation lines written after the checkpoint we resume from (they will be redone).
+
+    A kill can cut the last line short; only whole records up to the checkpoint are kept.
+    """
     if not history.is_file():
         return
     step = _best_step(checkpoint)
-    kept = [line for line in history.read_text().splitlines() if json.loads(line)["step"] <= step]
-    history.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in history.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if record["step"] <= step:
+            kept.append(line)
+    write_text(history, "".join(line + "\n" for line in kept))
 

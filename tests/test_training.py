@@ -94,6 +94,8 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(sentiment_csv, 
         fit(config(sentiment_csv, tmp_path / "killed"), petl, callbacks=[_Kill()])
     assert (tmp_path / "killed" / "checkpoints" / "checkpoint-8").is_dir()
     assert not (tmp_path / "killed" / "metrics.json").exists()
+    with (tmp_path / "killed" / "history.jsonl").open("a") as f:
+        f.write('{"step": 12, "accur')  # a kill in the middle of writing a record
     resumed = train(config(sentiment_csv, tmp_path / "killed"), petl)
     assert resumed["val"] == uninterrupted["val"] and resumed["test"] == uninterrupted["test"]
     assert (tmp_path / "killed" / "history.jsonl").read_text() == (tmp_path / "whole" / "history.jsonl").read_text()
