@@ -5,6 +5,7 @@ VENV ?= .venv
 # normal CUDA build from PyPI. Override (e.g. TORCH_SPEC=torch) to keep your own.
 TORCH_SPEC ?= torch==2.13.0
 CORES ?= 2
+SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 
 .PHONY: setup test study
@@ -23,4 +24,4 @@ test: setup
 
 study: setup
 	$(BIN)/propetl fetch
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
