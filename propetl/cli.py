@@ -36,11 +36,13 @@ def _base_type(annotation: Any) -> type:
     return next(h for h in hints if h is not type(None))
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str] | None = None, skip: Sequence[str] = ()) -> None:
-    """One ``--flag`` per dataclass field, documented with its default."""
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, helps: dict[str, str] | None = None, skip: Sequence[str] = (), only: Sequence[str] | None = None
+) -> None:
+    """One ``--flag`` per dataclass field (or per field in ``only``), documented with its default."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = (helps or {}).get(f.name) or f.metadata.get("help", "")
@@ -150,9 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=_fetch)
 
     prepare = commands.add_parser("prepare", help="tokenise a task once for every run that shares it", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name in ("task", "model", "data_seed", "max_length", "max_train", "max_val", "max_test"):
-        f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
-        prepare.add_argument("--" + name.replace("_", "-"), type=_base_type(typing.get_type_hints(TrainConfig)[name]), default=f.default, help=f.metadata["help"])
+    add_dataclass_flags(prepare, TrainConfig, only=("task", "model", "data_seed", "max_length", "max_train", "max_val", "max_test"))
     prepare.add_argument("--out", required=True, help="output dir of the tokenised task")
     prepare.set_defaults(func=_prepare)
     return parser
