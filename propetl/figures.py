@@ -223,15 +223,18 @@ def mask_run(runs: pd.DataFrame, results_root: Path) -> pd.Series | None:
     return chosen.sort_values(["distance", "sparsity", "task", "seed"]).iloc[0]
 
 
-def write_figures(results_root: str | Path, out_dir: str | Path) -> list[Path]:
+def write_figures(
+    results_root: str | Path, out_dir: str | Path, run_dirs: Sequence[str | Path] | None = None
+) -> list[Path]:
     """Write score_vs_storage, score_vs_sparsity and mask_overlap as PNG + PDF; returns the paths written.
 
     score_vs_sparsity needs a ProPETL run, mask_overlap a ProPETL run that kept its
     ``artifact/`` (read with ``propetl.artifacts.load_masks``); a figure without its
     input is skipped rather than drawn empty, and its files from an earlier call removed.
+    ``run_dirs``: see :func:`propetl.tables.collect_runs`.
     """
     root, out = Path(results_root), Path(out_dir)
-    runs = collect_runs(root)
+    runs = collect_runs(root, run_dirs)
     cells = cell_summary(runs)
     written = save_figure(plot_score_vs_storage(cells), out / "score_vs_storage")
     if cells["method"].isin(PROPETL_METHODS).any():

@@ -2,9 +2,12 @@
 
 A learned mask is the top-k of ``|scores|`` over the whole tensor with
 ``k = round((1 - sparsity) * numel)``: exactly k ones. The backward pass is the
-straight-through estimator: the gradient w.r.t. the 0/1 mask is handed to the
-scores unchanged, so the scores (their own parameter group, own learning rate)
-learn which prototype entries a layer should keep.
+straight-through estimator: the gradient w.r.t. the 0/1 mask is handed unchanged
+to ``|scores|`` and from there through the ``abs`` to the scores (as in the
+official code and edge-popup), so the scores (their own parameter group, own
+learning rate) learn which prototype entries a layer should keep. Skipping the
+``abs`` in the backward would push a harmful entry with a negative score *up*
+the ranking, i.e. train half of the mask the wrong way.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ def kept_count(numel: int, sparsity: float) -> int:
 
 class _TopKStraightThrough(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
-        flat = scores.detach().abs().flatten()
+    def forward(ctx, magnitudes: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+        flat = magnitudes.detach().flatten()
         mask = torch.zeros_like(flat)
         mask[flat.topk(k, sorted=False).indices] = 1.0
-        return mask.view_as(scores)
+        return mask.view_as(magnitudes)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
@@ -34,8 +37,8 @@ class _TopKStraightThrough(torch.autograd.Function):
 
 
 def topk_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """0/1 float mask keeping the largest |scores|, with a straight-through gradient."""
-    return _TopKStraightThrough.apply(scores, kept_count(scores.numel(), sparsity))
+    """0/1 float mask keeping the largest |scores|, with a straight-through gradient to |scores|."""
+    return _TopKStraightThrough.apply(scores.abs(), kept_count(scores.numel(), sparsity))
 
 
 class Mask(nn.Module):

@@ -12,6 +12,7 @@ uses. ``storage_pct`` is already a percentage of the backbone's parameters.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -41,14 +42,25 @@ def _flatten(record: dict) -> dict:
     return row
 
 
-def collect_runs(results_root: str | Path) -> pd.DataFrame:
-    """Every run under ``results_root/runs`` as one row, in a stable order.
+def collect_runs(results_root: str | Path, run_dirs: Sequence[str | Path] | None = None) -> pd.DataFrame:
+    """Every run under ``results_root/runs`` (or exactly ``run_dirs``) as one row, in a stable order.
 
-    ``run_dir`` is kept relative to ``results_root`` so that runs.csv is identical
-    wherever the results live, and figures can still find each run's ``artifact/``.
+    ``run_dirs`` lists run directories or their ``metrics.json`` below ``results_root``:
+    the pipeline passes its own grid so that runs of an earlier grid left in the same
+    root never enter the means. ``run_dir`` is kept relative to ``results_root`` so
+    that runs.csv is identical wherever the results live, and figures can still find
+    each run's ``artifact/``.
     """
     root = Path(results_root)
-    paths = sorted(root.glob("runs/*/*/s*/seed*/metrics.json"))
+    if run_dirs is None:
+        paths = sorted(root.glob("runs/*/*/s*/seed*/metrics.json"))
+    else:
+        paths = sorted(Path(run) if Path(run).name == "metrics.json" else Path(run) / "metrics.json" for run in run_dirs)
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"run {path.parent} has no metrics.json (unfinished or not a run directory)")
+            if not path.resolve().is_relative_to(root.resolve()):
+                raise ValueError(f"run {path.parent} is not below the results root {root}")
     if not paths:
         raise FileNotFoundError(
             f"no runs found under {root.resolve()}: expected runs/<task>/<label>/s<sparsity>/seed<seed>/metrics.json"
@@ -56,7 +68,7 @@ def collect_runs(results_root: str | Path) -> pd.DataFrame:
     rows = []
     for path in paths:
         row = _flatten(json.loads(path.read_text()))
-        row["run_dir"] = path.parent.relative_to(root).as_posix()
+        row["run_dir"] = path.parent.resolve().relative_to(root.resolve()).as_posix()
         rows.append(row)
     runs = pd.DataFrame(rows)
     runs["sparsity"] = runs["sparsity"].astype(float)
@@ -188,17 +200,20 @@ def _latex(shown: pd.DataFrame) -> str:
 
 
 def write_tables(
-    results_root: str | Path, out_dir: str | Path, published_csv: str | Path | None = None
+    results_root: str | Path,
+    out_dir: str | Path,
+    published_csv: str | Path | None = None,
+    run_dirs: Sequence[str | Path] | None = None,
 ) -> list[Path]:
     """Write runs.csv, cells.csv, paper_table.{csv,md,tex} and, when any overlap, published_vs_ours.csv.
 
     ``published_csv`` defaults to ``<results_root>/published/propetl_table1.csv``
     when that file exists. Without overlap published_vs_ours.csv is not written and
     a stale one from an earlier call is removed, so the directory never shows a
-    comparison the current results do not support.
+    comparison the current results do not support. ``run_dirs``: see :func:`collect_runs`.
     """
     root, out = Path(results_root), Path(out_dir)
-    runs = collect_runs(root)
+    runs = collect_runs(root, run_dirs)
     rendered = render_paper_table(runs)
     written = [
         write_text(out / "runs.csv", runs.to_csv(index=False)),

@@ -108,6 +108,30 @@ def _collator(tokenizer):
     return collate
 
 
+class _TrainClock(TrainerCallback):
+    """Training wall time summed over every session of a run, so a resumed run reports its whole cost.
+
+    Each checkpoint stores the time trained up to it; a resumed session starts its clock there.
+    """
+
+    FILE = "train_clock.json"
+
+    def __init__(self, resume: str | None):
+        saved = Path(resume) / self.FILE if resume else None
+        self.before = json.loads(saved.read_text())["train_time_s"] if saved and saved.is_file() else 0.0
+        self.start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_save(self, args, state, control, **kwargs):
+        write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE, {"train_time_s": self.elapsed})
+
+
 _LOGGERS = ("propetl", "transformers.trainer")
 _log_handler: logging.Handler | None = None
 
@@ -171,7 +195,8 @@ class Fitted:
     data: Any
     info: dict[str, Any]
     train_time_s: float
-    examples_per_s: float | None
+    """Wall time of training incl. its validation passes, summed over resumed sessions."""
+    examples_per_s: float
 
 
 def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[TrainerCallback] = ()) -> Fitted:
@@ -245,12 +270,12 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
         eval_dataset=data["validation"],
         data_collator=_collator(load_tokenizer(cfg.model)),
         compute_metrics=metrics,
-        callbacks=[_History(history), *callbacks],
+        callbacks=[_History(history), clock := _TrainClock(resume), *callbacks],
         run_config=cfg,
     )
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    return Fitted(cfg, trainer, data, info, time.perf_counter() - start, result.metrics.get("train_samples_per_second"))
+    trainer.train(resume_from_checkpoint=resume)
+    seconds, examples = clock.elapsed, trainer.state.global_step * cfg.batch_size * cfg.grad_accum
+    return Fitted(cfg, trainer, data, info, seconds, examples / seconds)
 
 
 def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:

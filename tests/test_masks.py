@@ -21,11 +21,25 @@ def test_mask_keeps_the_largest_absolute_scores():
     assert mask.tolist() == [[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
 
 
-def test_gradient_passes_straight_through_to_the_scores():
+def test_gradient_passes_straight_through_to_the_score_magnitudes():
     scores = torch.randn(4, 6, requires_grad=True)
     upstream = torch.randn(4, 6)
     (topk_mask(scores, 0.75) * upstream).sum().backward()
-    assert torch.equal(scores.grad, upstream)
+    assert torch.equal(scores.grad, upstream * scores.detach().sign())
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_a_gradient_step_drops_a_harmful_entry_whatever_the_sign_of_its_score(sign):
+    # Entry 0 is kept (largest |score|) but keeping it raises the loss, so plain gradient
+    # descent on the scores must shrink its magnitude until another entry takes its place.
+    scores = torch.tensor([sign * 1.0, 0.9, 0.5], requires_grad=True)
+    harm = torch.tensor([1.0, 0.0, 0.0])
+    optimizer = torch.optim.SGD([scores], lr=0.2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (topk_mask(scores, sparsity=1 / 3) * harm).sum().backward()
+        optimizer.step()
+    assert topk_mask(scores, sparsity=1 / 3).tolist() == [0.0, 1.0, 1.0]
 
 
 def test_scores_are_kaiming_uniform_initialised():

@@ -44,6 +44,24 @@ def test_collect_runs_fails_clearly_on_an_empty_root(tmp_path):
         tables.collect_runs(tmp_path)
 
 
+def test_collect_runs_given_run_dirs_reads_exactly_those_runs(runs):
+    # what the pipeline does, so runs of an earlier grid in the same root stay out of the means
+    chosen = ["runs/glue-rte/adapter/s-/seed2", "runs/glue-mrpc/bitfit/s-/seed1/metrics.json"]
+    picked = tables.collect_runs(FIXTURE, [FIXTURE / path for path in chosen])
+    assert picked["run_dir"].tolist() == ["runs/glue-mrpc/bitfit/s-/seed1", "runs/glue-rte/adapter/s-/seed2"]
+    same = runs[runs["run_dir"].isin(picked["run_dir"])].reset_index(drop=True)
+    columns = ["task", "label", "seed", "val_combined_score", "test_combined_score", "storage_pct"]
+    pd.testing.assert_frame_equal(picked[columns], same[columns])
+
+
+def test_collect_runs_rejects_an_unfinished_run_and_a_run_outside_the_root(tmp_path):
+    (tmp_path / "runs" / "t" / "l" / "s-" / "seed1").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="seed1 has no metrics.json"):
+        tables.collect_runs(tmp_path, [tmp_path / "runs" / "t" / "l" / "s-" / "seed1"])
+    with pytest.raises(ValueError, match="not below the results root"):
+        tables.collect_runs(tmp_path, [FIXTURE / "runs" / "glue-rte" / "adapter" / "s-" / "seed2"])
+
+
 def test_cell_summary_is_mean_std_over_seeds_in_percent(runs):
     cells = tables.cell_summary(runs)
     assert len(cells) == 9

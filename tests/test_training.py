@@ -96,7 +96,11 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(sentiment_csv, 
     assert not (tmp_path / "killed" / "metrics.json").exists()
     with (tmp_path / "killed" / "history.jsonl").open("a") as f:
         f.write('{"step": 12, "accur')  # a kill in the middle of writing a record
+    clock = tmp_path / "killed" / "checkpoints" / "checkpoint-8" / "train_clock.json"
+    trained_before_kill = json.loads(clock.read_text())["train_time_s"]
     resumed = train(config(sentiment_csv, tmp_path / "killed"), petl)
+    assert 0 < trained_before_kill < resumed["train_time_s"]  # the whole cost, not the last session's
+    assert resumed["examples_per_s"] == pytest.approx(resumed["steps"] * 16 / resumed["train_time_s"])
     assert resumed["val"] == uninterrupted["val"] and resumed["test"] == uninterrupted["test"]
     assert (tmp_path / "killed" / "history.jsonl").read_text() == (tmp_path / "whole" / "history.jsonl").read_text()
     assert "resuming from" in (tmp_path / "killed" / "train.log").read_text()

@@ -1,8 +1,8 @@
 rule tables:
     """runs.csv, per-cell means and the paper-style table.
 
-    propetl tables reads every runs/*/*/s*/seed*/metrics.json below the results root,
-    including runs of earlier grids left there: use another `output` for another study.
+    Only this grid's runs enter (--runs): runs of an earlier grid left in the same
+    results root stay on disk but out of the tables.
     """
     input:
         run_metrics(),
@@ -26,7 +26,7 @@ rule tables:
         mem_mb=resource("aggregate", "mem_mb"),
         runtime=resource("aggregate", "runtime"),
     shell:
-        "propetl tables --results {params.root} --out {params.out} > {log} 2>&1"
+        "propetl tables --results {params.root} --out {params.out} --runs {input} > {log} 2>&1"
 
 
 rule figures:
@@ -53,4 +53,4 @@ rule figures:
         mem_mb=resource("aggregate", "mem_mb"),
         runtime=resource("aggregate", "runtime"),
     shell:
-        "propetl figures --results {params.root} --out {output} > {log} 2>&1"
+        "propetl figures --results {params.root} --out {output} --runs {input} > {log} 2>&1"
