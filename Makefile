@@ -8,7 +8,7 @@ CORES ?= 2
 SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup test study
+.PHONY: setup test study ablation
 
 setup: $(VENV)/.installed
 
@@ -25,3 +25,8 @@ test: setup
 study: setup
 	$(BIN)/propetl fetch
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+# The mask / sharing ablation (workflow/configs/ablation.yaml) into results/ablation.
+ablation: setup
+	$(BIN)/propetl fetch
+	$(BIN)/snakemake --cores $(CORES) --configfile workflow/configs/ablation.yaml $(SNAKEMAKE_ARGS)

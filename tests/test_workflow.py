@@ -32,6 +32,7 @@ STUDIES = {
     "default": ROOT / "config.yaml",
     "paper": ROOT / "workflow/configs/paper.yaml",
     "ci": ROOT / "workflow/configs/ci.yaml",
+    "ablation": ROOT / "workflow/configs/ablation.yaml",
 }
 SMALL_GLUE = ("glue-cola", "glue-mrpc", "glue-rte", "glue-stsb")
 
@@ -163,6 +164,23 @@ def test_default_study_grid_sweeps_only_where_asked_and_never_duplicates_baselin
     assert runs["results/runs/snli/lora/s-/seed1"].params is None
     for argv in commands(output, "tune"):
         assert build_parser().parse_args(argv).n_trials == config["tuning"]["n_trials"]
+
+
+def test_ablation_study_changes_only_the_masks_and_the_sharing_between_its_rows(workdir):
+    output = dry_run(workdir, "--configfile", "workflow/configs/ablation.yaml")
+    assert job_counts(output)["train"] == expected_train_jobs(study("ablation")) == 4 * 2 * 2
+    variants = set()
+    for argv in commands(output, "train"):
+        args = build_parser().parse_args(argv)
+        assert args.out.startswith("results/ablation/runs/") and args.method == "propetl-adapter"
+        assert args.lr == 2e-3 and args.params is None  # one learning rate for every row
+        variants.add((args.label, args.mask_mode, args.share))
+    assert variants == {
+        ("propetl-adapter", "learned", "layers"),
+        ("propetl-adapter-random", "random", "layers"),
+        ("propetl-adapter-nomask", "none", "layers"),
+        ("propetl-adapter-noshare", "learned", "none"),
+    }
 
 
 def test_config_overrides_on_the_command_line_are_typed_merged_and_checked(workdir):
