@@ -19,7 +19,7 @@ PETL_HELP = {
     "sparsity": "fraction of mask entries set to ZERO, in [0, 1) (ProPETL methods; default: the method's paper value)",
     "mask_mode": "learned | random (fixed random mask) | none (whole prototype in every layer)",
     "share": "layers (one prototype for all layers) | none (independent masked module per layer)",
-    "mask_seed": "seed of random masks (mask_mode=random)",
+    "mask_seed": "seed of random masks (mask_mode=random); default: drawn from the training seed",
     "reduction_factor": "adapter bottleneck = hidden / reduction_factor",
     "adapter_placement": "pfeiffer (after the feed-forward block) | houlsby (also after attention)",
     "lora_r": "LoRA rank",

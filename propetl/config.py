@@ -66,7 +66,7 @@ class PETLConfig:
     sparsity: float | None = None
     mask_mode: str = "learned"
     share: str = "layers"
-    mask_seed: int = 0
+    mask_seed: int | None = None
     # adapter
     reduction_factor: int = PAPER_MODULE_DEFAULTS["reduction_factor"]
     adapter_placement: str = "pfeiffer"

@@ -64,7 +64,7 @@ class Mask(nn.Module):
             self.register_buffer("fixed", fixed.to(torch.float32))
 
     @classmethod
-    def random(cls, shape: tuple[int, ...], sparsity: float, generator: torch.Generator) -> "Mask":
+    def random(cls, shape: tuple[int, ...], sparsity: float, generator: torch.Generator | None = None) -> "Mask":
         """A fixed mask with exactly as many ones as a learned mask of this sparsity."""
         numel = math.prod(shape)
         fixed = torch.zeros(numel)

@@ -47,7 +47,9 @@ def _make_masks(spec_masked: tuple[str, ...], prototype: Prototype, config: PETL
         return {}
     if config.mask_mode == "learned":
         return {name: Mask(prototype.shapes[name], config.sparsity) for name in spec_masked}
-    generator = torch.Generator().manual_seed(config.mask_seed * 1_000_003 + site * 1_009 + layer)
+    # mask_seed None: torch's global RNG, which `propetl train` seeds with the training seed, so every
+    # seed of a random-mask ablation draws other masks (as it draws other learned-score inits)
+    generator = None if config.mask_seed is None else torch.Generator().manual_seed(config.mask_seed * 1_000_003 + site * 1_009 + layer)
     return {name: Mask.random(prototype.shapes[name], config.sparsity, generator) for name in spec_masked}
 
 

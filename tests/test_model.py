@@ -79,17 +79,32 @@ def test_share_none_gives_every_layer_its_own_masked_copy(method):
     assert len(layer_masks(model)) > 0
 
 
+def random_masks(mask_seed: int | None, torch_seed: int) -> dict[str, torch.Tensor]:
+    model = tiny_classifier()
+    torch.manual_seed(torch_seed)  # what `propetl train` does with the training seed
+    config = PETLConfig(method="propetl-adapter", mask_mode="random", sparsity=0.5, mask_seed=mask_seed)
+    return {name: mask() for name, mask in layer_masks(apply_petl(model, config)).items()}
+
+
 def test_random_masks_are_fixed_and_none_means_no_masks():
     random = apply_petl(tiny_classifier(), PETLConfig(method="propetl-adapter", mask_mode="random", sparsity=0.5))
     masks = layer_masks(random)
     assert masks and all(not m.learned for m in masks.values())
     assert not any(".masks." in n for n, p in random.named_parameters() if p.requires_grad)
-    again = apply_petl(tiny_classifier(), PETLConfig(method="propetl-adapter", mask_mode="random", sparsity=0.5))
-    assert all(torch.equal(m(), layer_masks(again)[k]()) for k, m in masks.items())
     # layers get different random masks
     assert not torch.equal(masks["layer.0.ffn.down"](), masks["layer.1.ffn.down"]())
     none = apply_petl(tiny_classifier(), PETLConfig(method="propetl-adapter", mask_mode="none"))
     assert layer_masks(none) == {}
+
+
+def test_random_masks_follow_the_training_seed_unless_a_mask_seed_pins_them():
+    def same(a, b):
+        return all(torch.equal(a[name], b[name]) for name in a)
+
+    assert same(random_masks(None, torch_seed=1), random_masks(None, torch_seed=1))
+    assert not same(random_masks(None, torch_seed=1), random_masks(None, torch_seed=2))
+    assert same(random_masks(7, torch_seed=1), random_masks(7, torch_seed=2))
+    assert not same(random_masks(7, torch_seed=1), random_masks(8, torch_seed=1))
 
 
 def test_untrained_adapter_and_lora_leave_the_backbone_output_unchanged(family):
