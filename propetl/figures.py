@@ -94,8 +94,11 @@ def plot_score_vs_storage(cells: pd.DataFrame) -> Figure:
             cell = here[here["label"] == label].sort_values("sparsity")
             ax.errorbar(cell["storage_pct"], cell[MEAN], yerr=cell[STD].fillna(0.0), marker=marker[label],
                         linestyle="none", capsize=3, label=label)
-            for _, row in cell.dropna(subset=["sparsity"]).iterrows():
-                ax.annotate(f"s={row['sparsity']:g}", (row["storage_pct"], row[MEAN]), textcoords="offset points",
+            swept = cell.dropna(subset=["sparsity"])
+            if not swept.empty:  # storage does not depend on sparsity: a sweep is one column of points, one label
+                top = swept.loc[swept[MEAN].idxmax()]
+                values = f"{swept['sparsity'].min():g}-{swept['sparsity'].max():g}" if len(swept) > 1 else f"{top['sparsity']:g}"
+                ax.annotate(f"s={values}", (top["storage_pct"], top[MEAN]), textcoords="offset points",
                             xytext=(4, 4), fontsize="x-small")
         front = here[pareto_front(here[["storage_pct", MEAN]].to_numpy())].sort_values("storage_pct")
         ax.step(front["storage_pct"], front[MEAN], where="post", color="0.5", linestyle="--", zorder=0,

@@ -119,3 +119,11 @@ def test_write_figures_shows_masks_of_the_propetl_adapter_run_at_the_paper_spars
     assert_png_and_pdf(written, "mask_overlap")
     assert figures.mask_overlap(load_masks(artifact)).shape == (3, 3)
 
+
+
+def test_a_sparsity_sweep_is_labelled_once_per_panel():
+    # storage does not depend on sparsity, so a sweep's points sit in one column: one label, not one per point
+    cells = figures.cell_summary(figures.collect_runs(FIXTURE))
+    fig = figures.plot_score_vs_storage(cells)
+    labels = sorted(text.get_text() for ax in fig.axes for text in ax.texts)
+    assert labels == ["s=0.5", "s=0.5-0.9", "s=0.5-0.9"]  # propetl-adapter on both tasks, -random on glue-rte
