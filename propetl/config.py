@@ -83,13 +83,17 @@ class PETLConfig:
         _allowed("method", self.method, METHODS)
         self.lora_targets = tuple(self.lora_targets)
         if self.is_propetl:
-            if self.sparsity is None:
-                self.sparsity = PAPER_DEFAULTS[self.method]["sparsity"]
-            if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
-                raise ValueError(f"sparsity={self.sparsity!r} is outside [0, 1); it is the fraction of mask entries set to zero")
-            self.sparsity = float(self.sparsity)
             _allowed("mask_mode", self.mask_mode, MASK_MODES)
             _allowed("share", self.share, SHARE_MODES)
+            if self.mask_mode == "none":
+                if self.sparsity is not None:  # a run table must not show an s= that nothing applied
+                    raise ValueError(f"sparsity={self.sparsity!r} given with mask_mode='none'; without masks there is no sparsity")
+            else:
+                if self.sparsity is None:
+                    self.sparsity = PAPER_DEFAULTS[self.method]["sparsity"]
+                if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
+                    raise ValueError(f"sparsity={self.sparsity!r} is outside [0, 1); it is the fraction of mask entries set to zero")
+                self.sparsity = float(self.sparsity)
         else:
             for name, default in (("sparsity", None), ("mask_mode", "learned"), ("share", "layers")):
                 if getattr(self, name) != default:

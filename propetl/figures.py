@@ -130,17 +130,20 @@ def plot_score_vs_sparsity(cells: pd.DataFrame) -> Figure:
         here = cells[cells["task"] == task]
         for method in methods:
             ax = next(panels)
-            for label in _labels(here[here["method"] == method]):
-                cell = here[here["label"] == label].sort_values("sparsity")
+            ours = here[here["method"] == method]
+            for label in _labels(ours.dropna(subset=["sparsity"])):
+                cell = ours[ours["label"] == label].sort_values("sparsity")
                 std = cell[STD].fillna(0.0)
                 (line,) = ax.plot(cell["sparsity"], cell[MEAN], marker="o", label=label)
                 ax.fill_between(cell["sparsity"], cell[MEAN] - std, cell[MEAN] + std, color=line.get_color(),
                                 alpha=0.2)
-            for _, base in here[here["method"] == module_kind(method)].iterrows():
-                line = ax.axhline(base[MEAN], color="k", linestyle="--", linewidth=1,
-                                  label=f"{base['label']} (baseline)")
-                if base["n_seeds"] > 1:
-                    ax.axhspan(base[MEAN] - base[STD], base[MEAN] + base[STD], color=line.get_color(), alpha=0.1)
+            # references without a sparsity: the dedicated baseline, and the prototype without masks
+            references = pd.concat([here[here["method"] == module_kind(method)], ours[ours["sparsity"].isna()]])
+            for (_, ref), style in zip(references.iterrows(), ["--", ":", "-."] * len(references)):
+                kind = "baseline" if ref["method"] == module_kind(method) else "no masks"
+                line = ax.axhline(ref[MEAN], color="k", linestyle=style, linewidth=1, label=f"{ref['label']} ({kind})")
+                if ref["n_seeds"] > 1:
+                    ax.axhspan(ref[MEAN] - ref[STD], ref[MEAN] + ref[STD], color=line.get_color(), alpha=0.1)
             ax.set(title=f"{task} · {method}", xlabel="sparsity (fraction of mask entries zero)", ylabel=SCORE_LABEL)
             ax.grid(alpha=0.3)
     _figure_legend(fig, axes)
@@ -215,7 +218,7 @@ def mask_run(runs: pd.DataFrame, results_root: Path) -> pd.Series | None:
     Deterministic: the first ProPETL label in table order (propetl-adapter first),
     the sparsity closest to that method's paper default, then the first task and seed.
     """
-    candidates = runs[runs["method"].isin(PROPETL_METHODS)]
+    candidates = runs[runs["method"].isin(PROPETL_METHODS) & runs["sparsity"].notna()]  # mask_mode none: no masks
     candidates = candidates[[(results_root / d / "artifact").is_dir() for d in candidates["run_dir"]]]
     if candidates.empty:
         return None

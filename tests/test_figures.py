@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import tiny_classifier
@@ -127,3 +128,16 @@ def test_a_sparsity_sweep_is_labelled_once_per_panel():
     fig = figures.plot_score_vs_storage(cells)
     labels = sorted(text.get_text() for ax in fig.axes for text in ax.texts)
     assert labels == ["s=0.5", "s=0.5-0.9", "s=0.5-0.9"]  # propetl-adapter on both tasks, -random on glue-rte
+
+
+def test_a_prototype_without_masks_is_a_reference_line_in_score_vs_sparsity():
+    cells = figures.cell_summary(figures.collect_runs(FIXTURE))
+    nomask = cells[(cells["label"] == "propetl-adapter") & (cells["sparsity"] == 0.5)].assign(
+        label="propetl-adapter-nomask", sparsity=float("nan"))
+    fig = figures.plot_score_vs_sparsity(pd.concat([cells, nomask], ignore_index=True))
+    for ax in fig.axes:
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert "propetl-adapter-nomask (no masks)" in lines and "propetl-adapter-nomask" not in lines
+        assert "adapter (baseline)" in lines
+        assert set(lines["propetl-adapter-nomask (no masks)"].get_ydata()) == set(
+            nomask.loc[nomask["task"] == ax.get_title().split(" · ")[0], figures.MEAN])

@@ -93,8 +93,9 @@ def test_random_masks_are_fixed_and_none_means_no_masks():
     assert not any(".masks." in n for n, p in random.named_parameters() if p.requires_grad)
     # layers get different random masks
     assert not torch.equal(masks["layer.0.ffn.down"](), masks["layer.1.ffn.down"]())
-    none = apply_petl(tiny_classifier(), PETLConfig(method="propetl-adapter", mask_mode="none"))
-    assert layer_masks(none) == {}
+    config = PETLConfig(method="propetl-adapter", mask_mode="none")
+    assert config.sparsity is None  # nothing is masked, so tables show no s=
+    assert layer_masks(apply_petl(tiny_classifier(), config)) == {}
 
 
 def test_random_masks_follow_the_training_seed_unless_a_mask_seed_pins_them():
@@ -144,6 +145,7 @@ def test_houlsby_placement_adds_an_adapter_after_attention_too():
         ({"method": "full", "share": "none"}, "share='none' given for method 'full'"),
         ({"method": "propetl-adapter", "mask_mode": "magic"}, "mask_mode='magic' is not supported; allowed: learned, random, none"),
         ({"method": "propetl-adapter", "share": "tasks"}, "share='tasks' is not supported; allowed: layers, none"),
+        ({"method": "propetl-adapter", "mask_mode": "none", "sparsity": 0.5}, "sparsity=0.5 given with mask_mode='none'"),
         ({"method": "lora", "lora_r": 0}, "lora_r=0 must be a positive integer"),
         ({"method": "lora", "lora_targets": ["dense"]}, "lora_targets=.*allowed: query, key, value"),
     ],

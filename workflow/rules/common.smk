@@ -114,6 +114,10 @@ def check_entry(i, entry, tasks):
         for key in ("sparsity", "sweep", "mask_mode", "share"):
             if entry.get(key):
                 _fail(f"{where}.{key}: only ProPETL methods take it ({', '.join(PROPETL_METHODS)}), not {entry['method']!r}")
+    if entry.get("mask_mode") == "none":
+        for key in ("sparsity", "sweep"):
+            if entry.get(key):
+                _fail(f"{where}.{key}: mask_mode 'none' has no masks, so no sparsity to set or sweep")
     for task in entry["sweep"]:
         if task not in tasks:
             _fail(f"{where}.sweep: task {task!r} is not in tasks; allowed: {', '.join(tasks)}")
@@ -189,7 +193,7 @@ def fmt_sparsity(value):
 
 
 def default_sparsity(entry):
-    if entry["method"] not in PROPETL_METHODS:
+    if entry["method"] not in PROPETL_METHODS or entry.get("mask_mode") == "none":
         return None
     return entry.get("sparsity", PAPER_DEFAULTS[entry["method"]]["sparsity"])
 
