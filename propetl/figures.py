@@ -134,8 +134,9 @@ def plot_score_vs_sparsity(cells: pd.DataFrame) -> Figure:
             for label in _labels(ours.dropna(subset=["sparsity"])):
                 cell = ours[ours["label"] == label].sort_values("sparsity")
                 std = cell[STD].fillna(0.0)
-                (line,) = ax.plot(cell["sparsity"], cell[MEAN], marker="o", label=label)
-                ax.fill_between(cell["sparsity"], cell[MEAN] - std, cell[MEAN] + std, color=line.get_color(),
+                # error bars show the spread of a lone sparsity, the band that of a sweep
+                bars = ax.errorbar(cell["sparsity"], cell[MEAN], yerr=std, marker="o", capsize=3, label=label)
+                ax.fill_between(cell["sparsity"], cell[MEAN] - std, cell[MEAN] + std, color=bars.lines[0].get_color(),
                                 alpha=0.2)
             # references without a sparsity: the dedicated baseline, and the prototype without masks
             references = pd.concat([here[here["method"] == module_kind(method)], ours[ours["sparsity"].isna()]])
