@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -120,11 +122,14 @@ def layer_masks(model: nn.Module) -> dict[str, Mask]:
     return {f"{key}.{name}": mask for key, layer in prototype_layers(model).items() for name, mask in layer.masks.items()}
 
 
+def parameters_of(modules: Iterable[nn.Module]) -> dict[int, nn.Parameter]:
+    """Parameters of several modules by identity: a prototype shared by many layers counts once."""
+    return {id(p): p for module in modules for p in module.parameters()}
+
+
 def backbone_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The pretrained encoder's own parameters: everything but the head, prototypes and mask scores."""
-    excluded = {id(p) for head in head_modules(model).values() for p in head.parameters()}
-    excluded |= {id(p) for proto in prototypes(model).values() for p in proto.parameters()}
-    excluded |= {id(p) for mask in layer_masks(model).values() for p in mask.parameters()}
+    excluded = parameters_of([*head_modules(model).values(), *prototypes(model).values(), *layer_masks(model).values()])
     return {name: p for name, p in model.named_parameters() if id(p) not in excluded}
 
 

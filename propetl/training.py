@@ -35,7 +35,7 @@ from .atomic import write_json, write_text
 from .config import PAPER_DEFAULTS, PETLConfig, TrainConfig
 from .data import get_task_spec, load_prepared, prepare_task
 from .metrics import compute_metrics
-from .model import apply_petl, head_modules, layer_masks
+from .model import apply_petl, head_modules, layer_masks, parameters_of
 from .models import load_model, load_tokenizer, model_identity
 from .provenance import provenance
 from .storage import storage_report
@@ -57,8 +57,7 @@ def resolve(train: TrainConfig, petl: PETLConfig) -> TrainConfig:
 
 def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """PETL parameters, mask scores and head, each with its own learning rate."""
-    scores = {id(p): p for mask in layer_masks(model).values() for p in mask.parameters()}
-    head = {id(p): p for h in head_modules(model).values() for p in h.parameters()}
+    scores, head = parameters_of(layer_masks(model).values()), parameters_of(head_modules(model).values())
     petl = [p for p in model.parameters() if p.requires_grad and id(p) not in scores and id(p) not in head]
     groups = [
         {"name": "petl", "params": petl, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
