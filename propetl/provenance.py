@@ -26,18 +26,27 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
+# Result folders are tracked and rewritten by the very study that records this, so a change
+# there says nothing about the code that produced the numbers.
+RESULT_PATHSPECS = (":(exclude)results", ":(exclude,glob)results-*/**")
+
+
 def git_commit(repo: Path | None = None) -> dict[str, Any]:
-    """HEAD of the checkout the code runs from, and whether it had uncommitted changes."""
+    """HEAD of the checkout the code runs from, and which tracked files outside results differed from it."""
     repo = repo or Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return None
 
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    changed = git("diff", "HEAD", "--name-only", "--", ".", *RESULT_PATHSPECS)
+    head = git("rev-parse", "HEAD")
+    if changed is None or head is None:
+        return {"commit": None, "dirty": None, "changed_files": None}
+    files = changed.split()
+    return {"commit": head.strip(), "dirty": bool(files), "changed_files": files[:50]}
 
 
 def _cpu_model() -> str:
