@@ -45,7 +45,7 @@ def git_commit(repo: Path | None = None) -> dict[str, Any]:
     head = git("rev-parse", "HEAD")
     if changed is None or head is None:
         return {"commit": None, "dirty": None, "changed_files": None}
-    files = changed.split()
+    files = changed.splitlines()
     return {"commit": head.strip(), "dirty": bool(files), "changed_files": files[:50]}
 
 
