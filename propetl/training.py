@@ -116,19 +116,26 @@ class _TrainClock(TrainerCallback):
     FILE = "train_clock.json"
 
     def __init__(self, resume: str | None):
-        saved = Path(resume) / self.FILE if resume else None
-        self.before = json.loads(saved.read_text())["train_time_s"] if saved and saved.is_file() else 0.0
+        self.before: float | None = 0.0
+        if resume:
+            saved = Path(resume) / self.FILE
+            if saved.is_file():
+                self.before = json.loads(saved.read_text())["train_time_s"]
+            else:  # killed between writing the checkpoint and its clock: say unknown rather than undercount
+                log.warning("%s has no %s: train_time_s will be null", resume, self.FILE)
+                self.before = None
         self.start = time.perf_counter()
 
     @property
-    def elapsed(self) -> float:
-        return self.before + time.perf_counter() - self.start
+    def elapsed(self) -> float | None:
+        return None if self.before is None else self.before + time.perf_counter() - self.start
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
 
     def on_save(self, args, state, control, **kwargs):
-        write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE, {"train_time_s": self.elapsed})
+        if self.elapsed is not None:
+            write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE, {"train_time_s": self.elapsed})
 
 
 _LOGGERS = ("propetl", "transformers.trainer")
@@ -193,9 +200,9 @@ class Fitted:
     trainer: Trainer
     data: Any
     info: dict[str, Any]
-    train_time_s: float
-    """Wall time of training incl. its validation passes, summed over resumed sessions."""
-    examples_per_s: float
+    train_time_s: float | None
+    """Wall time of training incl. its validation passes, summed over resumed sessions (None: unknown)."""
+    examples_per_s: float | None
 
 
 def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[TrainerCallback] = ()) -> Fitted:
@@ -274,7 +281,7 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
     )
     trainer.train(resume_from_checkpoint=resume)
     seconds, examples = clock.elapsed, trainer.state.global_step * cfg.batch_size * cfg.grad_accum
-    return Fitted(cfg, trainer, data, info, seconds, examples / seconds)
+    return Fitted(cfg, trainer, data, info, seconds, None if seconds is None else examples / seconds)
 
 
 def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:

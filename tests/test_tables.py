@@ -6,6 +6,7 @@ propetl-adapter-random at s=0.5 on glue-rte only (1 seed): 15 runs.
 """
 
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -52,6 +53,18 @@ def test_collect_runs_given_run_dirs_reads_exactly_those_runs(runs):
     same = runs[runs["run_dir"].isin(picked["run_dir"])].reset_index(drop=True)
     columns = ["task", "label", "seed", "val_combined_score", "test_combined_score", "storage_pct"]
     pd.testing.assert_frame_equal(picked[columns], same[columns])
+
+
+def test_collect_runs_follows_a_symlinked_runs_folder_and_counts_a_run_once(tmp_path):
+    # clusters often keep runs/ on scratch space behind a symlink
+    shutil.copytree(FIXTURE / "runs", tmp_path / "scratch")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "runs").symlink_to(tmp_path / "scratch")
+    root = tmp_path / "results"
+    assert len(tables.collect_runs(root)) == 15
+    run = root / "runs" / "glue-rte" / "adapter" / "s-" / "seed2"
+    picked = tables.collect_runs(root, [run, run / "metrics.json"])
+    assert picked["run_dir"].tolist() == ["runs/glue-rte/adapter/s-/seed2"]
 
 
 def test_collect_runs_rejects_an_unfinished_run_and_a_run_outside_the_root(tmp_path):

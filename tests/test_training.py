@@ -97,13 +97,24 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(sentiment_csv, 
     with (tmp_path / "killed" / "history.jsonl").open("a") as f:
         f.write('{"step": 12, "accur')  # a kill in the middle of writing a record
     clock = tmp_path / "killed" / "checkpoints" / "checkpoint-8" / "train_clock.json"
-    trained_before_kill = json.loads(clock.read_text())["train_time_s"]
+    assert json.loads(clock.read_text())["train_time_s"] > 0
+    clock.write_text('{"train_time_s": 1000.0}')  # pretend the first session was long
     resumed = train(config(sentiment_csv, tmp_path / "killed"), petl)
-    assert 0 < trained_before_kill < resumed["train_time_s"]  # the whole cost, not the last session's
+    assert 1000 < resumed["train_time_s"] < 1000 + uninterrupted["train_time_s"] * 10  # the whole cost
     assert resumed["examples_per_s"] == pytest.approx(resumed["steps"] * 16 / resumed["train_time_s"])
     assert resumed["val"] == uninterrupted["val"] and resumed["test"] == uninterrupted["test"]
     assert (tmp_path / "killed" / "history.jsonl").read_text() == (tmp_path / "whole" / "history.jsonl").read_text()
     assert "resuming from" in (tmp_path / "killed" / "train.log").read_text()
+
+
+def test_a_checkpoint_without_its_clock_gives_an_unknown_train_time_not_a_wrong_one(sentiment_csv, tmp_path):
+    petl = PETLConfig(method="adapter")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(sentiment_csv, tmp_path), petl, callbacks=[_Kill()])
+    (tmp_path / "checkpoints" / "checkpoint-8" / "train_clock.json").unlink()  # killed before on_save wrote it
+    resumed = train(config(sentiment_csv, tmp_path), petl)
+    assert resumed["train_time_s"] is None and resumed["examples_per_s"] is None
+    assert "train_time_s will be null" in (tmp_path / "train.log").read_text()
 
 
 def test_a_rerun_with_another_config_starts_afresh_instead_of_resuming(sentiment_csv, tmp_path):

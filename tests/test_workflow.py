@@ -216,7 +216,7 @@ BAD_CONFIGS = {
     "unknown method": (_bad(lambda c: c["methods"][0].update(method="propetl-adaptor")), (), ["methods[0]", "'propetl-adaptor'", "allowed: adapter"]),
     "unknown task": (_bad(lambda c: c["tasks"].update({"glue-sst3": {}})), (), ["tasks", "'glue-sst3'", "allowed: rt-polarity"]),
     "sparsity 1.0": (_bad(lambda c: c["methods"][3].update(sparsity=1.0)), (), ["methods[3].sparsity", "[0, 1)"]),
-    "sparsity without masks": (_bad(lambda c: c["methods"][9].update(sparsity=0.5)), (), ["methods[9]", "propetl-adapter-nomask", ".sparsity", "no masks"]),
+    "sparsity without masks": (_bad(lambda c: c["methods"][9].update(sparsity=0.0)), (), ["methods[9]", "propetl-adapter-nomask", ".sparsity", "no masks"]),
     "max_steps 0": (_bad(lambda c: c["training"].update(max_steps=0)), (), ["training.max_steps", "minimum of 1"]),
     "empty methods": (_bad(lambda c: c.update(methods=[])), (), ["methods", "non-empty"]),
     "unknown top-level key": (_bad(lambda c: c.update(epochs=3)), (), ["'epochs'", "top level", "allowed: output"]),

@@ -115,8 +115,8 @@ def check_entry(i, entry, tasks):
             if entry.get(key):
                 _fail(f"{where}.{key}: only ProPETL methods take it ({', '.join(PROPETL_METHODS)}), not {entry['method']!r}")
     if entry.get("mask_mode") == "none":
-        for key in ("sparsity", "sweep"):
-            if entry.get(key):
+        for key, given in (("sparsity", entry.get("sparsity") is not None), ("sweep", bool(entry["sweep"]))):
+            if given:
                 _fail(f"{where}.{key}: mask_mode 'none' has no masks, so no sparsity to set or sweep")
     for task in entry["sweep"]:
         if task not in tasks:

@@ -26,7 +26,7 @@ rule tables:
         mem_mb=resource("aggregate", "mem_mb"),
         runtime=resource("aggregate", "runtime"),
     shell:
-        "propetl tables --results {params.root} --out {params.out} --runs {input} > {log} 2>&1"
+        "propetl tables --results {params.root} --out {params.out} --runs {input:q} > {log} 2>&1"
 
 
 rule figures:
@@ -53,4 +53,4 @@ rule figures:
         mem_mb=resource("aggregate", "mem_mb"),
         runtime=resource("aggregate", "runtime"),
     shell:
-        "propetl figures --results {params.root} --out {output} --runs {input} > {log} 2>&1"
+        "propetl figures --results {params.root} --out {output} --runs {input:q} > {log} 2>&1"
