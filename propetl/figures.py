@@ -8,6 +8,7 @@ lingers in pyplot's global registry.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -140,7 +141,7 @@ def plot_score_vs_sparsity(cells: pd.DataFrame) -> Figure:
                                 alpha=0.2)
             # references without a sparsity: the dedicated baseline, and the prototype without masks
             references = pd.concat([here[here["method"] == module_kind(method)], ours[ours["sparsity"].isna()]])
-            for (_, ref), style in zip(references.iterrows(), ["--", ":", "-."] * len(references)):
+            for (_, ref), style in zip(references.iterrows(), itertools.cycle(["--", ":", "-."])):
                 kind = "baseline" if ref["method"] == module_kind(method) else "no masks"
                 line = ax.axhline(ref[MEAN], color="k", linestyle=style, linewidth=1, label=f"{ref['label']} ({kind})")
                 if ref["n_seeds"] > 1:

@@ -134,8 +134,9 @@ class _TrainClock(TrainerCallback):
         self.start = time.perf_counter()
 
     def on_save(self, args, state, control, **kwargs):
-        if self.elapsed is not None:
-            write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE, {"train_time_s": self.elapsed})
+        elapsed = self.elapsed
+        if elapsed is not None:
+            write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE, {"train_time_s": elapsed})
 
 
 _LOGGERS = ("propetl", "transformers.trainer")
