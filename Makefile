@@ -8,7 +8,7 @@ CORES ?= 2
 SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup test study ablation
+.PHONY: setup test study ablation budget
 
 setup: $(VENV)/.installed
 
@@ -22,11 +22,13 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -q
 
+# CONFIG: another study config (default: config.yaml, the embedded default study).
 study: setup
 	$(BIN)/propetl fetch
-	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG)) $(SNAKEMAKE_ARGS)
 
-# The mask / sharing ablation (workflow/configs/ablation.yaml) into results/ablation.
-ablation: setup
-	$(BIN)/propetl fetch
-	$(BIN)/snakemake --cores $(CORES) --configfile workflow/configs/ablation.yaml $(SNAKEMAKE_ARGS)
+# The mask / sharing ablation into results/ablation, the training-budget ladder into results/budget.
+ablation:
+	$(MAKE) study CONFIG=workflow/configs/ablation.yaml
+budget:
+	$(MAKE) study CONFIG=workflow/configs/budget.yaml

@@ -21,7 +21,6 @@ PETL_HELP = {
     "share": "layers (one prototype for all layers) | none (independent masked module per layer)",
     "mask_seed": "seed of random masks (mask_mode=random); default: drawn from the training seed",
     "reduction_factor": "adapter bottleneck = hidden / reduction_factor",
-    "adapter_placement": "pfeiffer (after the feed-forward block) | houlsby (also after attention)",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha (scaling = alpha / r)",
     "lora_dropout": "dropout on the LoRA input",

@@ -17,10 +17,11 @@ Sizes (``data_seed`` 0, no caps; see ``split_sizes``):
   dropping duplicate pairs and pairs whose premise occurs in test; validation takes whole
   premise groups until it has at least 5,000 pairs (5,002), train keeps the rest (94,756).
   Classes are balanced (largest 34.3% of test). MiniLM tokens (pair): p99 50, max 110.
-* ``glue-*``: as in the ProPETL code. CoLA, MRPC, RTE and STS-B split the official validation
-  set in two seeded halves (validation, test) and train on the official train set; SST-2, QQP,
-  MNLI and QNLI hold out 1,000 seeded training examples as validation and test on the official
-  validation set (MNLI: ``validation_matched``). Read from the hub, or from
+* ``glue-*``: as in the ProPETL code (run_glue.py). CoLA, MRPC, RTE and STS-B split the official
+  validation set in two seeded halves (validation, test) and train on the official train set;
+  SST-2, QQP, MNLI and QNLI hold out 1,000 seeded training examples as validation and test on the
+  official validation set (MNLI: ``validation_matched``). The permutation is the official one
+  (``torch.randperm``), so ``data_seed`` 42 reproduces its splits row for row. Read from the hub, or from
   ``{glue_dir}/{name}/{split}.jsonl`` in the hub's columns when ``glue_dir`` or
   ``PROPETL_GLUE_DIR`` is set.
 * a ``.csv``, ``.jsonl`` or ``.parquet`` file: its ``split`` column if it has one, otherwise
@@ -201,17 +202,24 @@ def _read_glue(config: str, split: str, glue_dir: str | os.PathLike | None) -> p
         ) from err
 
 
+def _torch_permute(frame: pd.DataFrame, data_seed: int) -> pd.DataFrame:
+    """The official run_glue.py's order: ``torch.randperm`` from a generator seeded with the data seed
+    (42 there), so that ``data_seed: 42`` gives exactly the official splits."""
+    import torch  # lazily: planning a study imports this module
+
+    return frame.iloc[torch.randperm(len(frame), generator=torch.Generator().manual_seed(data_seed)).numpy()]
+
+
 def _load_glue(spec: TaskSpec, data_seed: int, *, config: str, large: bool,
                glue_dir: str | os.PathLike | None = None) -> DatasetDict:
-    rng = np.random.default_rng(data_seed)
     train = _select(_read_glue(config, "train", glue_dir), spec)
     official = _select(_read_glue(config, "validation_matched" if config == "mnli" else "validation", glue_dir), spec)
     if large:
-        train = _permute(train, rng)
+        train = _torch_permute(train, data_seed)
         frames = {"train": train[GLUE_LARGE_VALIDATION_SIZE:], "validation": train[:GLUE_LARGE_VALIDATION_SIZE],
                   "test": official}
     else:
-        official = _permute(official, rng)
+        official = _torch_permute(official, data_seed)
         half = len(official) // 2
         frames = {"train": train, "validation": official[:half], "test": official[half:]}
     return _to_dataset_dict(spec, frames)

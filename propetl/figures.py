@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from propetl.artifacts import load_masks
 from propetl.atomic import atomic_write
 from propetl.config import PAPER_DEFAULTS, PROPETL_METHODS, module_kind
-from propetl.tables import HEADLINE, cell_summary, collect_runs, label_rank
+from propetl.tables import HEADLINE, budget_gaps, cell_summary, collect_runs, has_budget_ladder, label_rank
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 MEAN, STD = f"{HEADLINE}_mean", f"{HEADLINE}_std"
@@ -152,6 +152,30 @@ def plot_score_vs_sparsity(cells: pd.DataFrame) -> Figure:
     return fig
 
 
+def plot_budget_gap(gaps: pd.DataFrame) -> Figure:
+    """Per task: ProPETL minus its dedicated module (test points) against the training budget.
+
+    Error bars are the standard deviation of the per-seed differences (paired by
+    seed); zero is the line where ProPETL has caught up.
+    """
+    tasks = sorted(gaps["task"].unique())
+    fig, axes = _panels(len(tasks), ncols=min(len(tasks), 3), size=(4.5, 3.4))
+    for ax, task in zip(axes, tasks):
+        here = gaps[gaps["task"] == task]
+        for i, (method, rows) in enumerate(here.groupby("method")):
+            rows = rows.sort_values("max_steps")
+            ax.errorbar(rows["max_steps"], rows["gap_mean"], yerr=rows["gap_std"].fillna(0.0), marker=MARKERS[i],
+                        capsize=3, label=f"{method} − {rows['dedicated'].iloc[0]}")
+        ax.axhline(0.0, color="0.5", linestyle="--", zorder=0)
+        ax.set(xscale="log", title=task, xlabel="training budget (max_steps)", ylabel="score gap (test points)")
+        ax.set_xticks(sorted(here["max_steps"].unique()))
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%d"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.grid(alpha=0.3)
+    _figure_legend(fig, axes)
+    return fig
+
+
 def mask_overlap(masks: Mapping[str, torch.Tensor]) -> pd.DataFrame:
     """Layer × layer Jaccard similarity of the kept sets, averaged over the masked tensors.
 
@@ -234,11 +258,12 @@ def mask_run(runs: pd.DataFrame, results_root: Path) -> pd.Series | None:
 def write_figures(
     results_root: str | Path, out_dir: str | Path, run_dirs: Sequence[str | Path] | None = None
 ) -> list[Path]:
-    """Write score_vs_storage, score_vs_sparsity and mask_overlap as PNG + PDF; returns the paths written.
+    """Write score_vs_storage, score_vs_sparsity, mask_overlap and budget_gap as PNG + PDF; returns the paths written.
 
     score_vs_sparsity needs a ProPETL run, mask_overlap a ProPETL run that kept its
     ``artifact/`` (read with ``propetl.artifacts.load_masks``); a figure without its
-    input is skipped rather than drawn empty, and its files from an earlier call removed.
+    input is skipped rather than drawn empty, and its files from an earlier call removed;
+    budget_gap needs a budget ladder (:func:`propetl.tables.has_budget_ladder`).
     ``run_dirs``: see :func:`propetl.tables.collect_runs`.
     """
     root, out = Path(results_root), Path(out_dir)
@@ -256,4 +281,9 @@ def write_figures(
         written += save_figure(plot_mask_overlap(masks, title), out / "mask_overlap")
     else:
         _drop(out / "mask_overlap")
+    gaps = budget_gaps(runs) if has_budget_ladder(runs) else pd.DataFrame()
+    if gaps.empty:
+        _drop(out / "budget_gap")
+    else:
+        written += save_figure(plot_budget_gap(gaps), out / "budget_gap")
     return written

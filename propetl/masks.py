@@ -1,7 +1,8 @@
 """Binary masks that select a layer's sub-network of the shared prototype.
 
 A learned mask is the top-k of ``|scores|`` over the whole tensor with
-``k = round((1 - sparsity) * numel)``: exactly k ones. The backward pass is the
+``k = numel - int(sparsity * numel)``: exactly k ones (the official ``GetSubnet``
+zeroes the ``int((1 - kept) * numel)`` smallest entries). The backward pass is the
 straight-through estimator: the gradient w.r.t. the 0/1 mask is handed unchanged
 to ``|scores|`` and from there through the ``abs`` to the scores (as in the
 official code and edge-popup), so the scores (their own parameter group, own
@@ -20,7 +21,7 @@ from torch import nn
 
 def kept_count(numel: int, sparsity: float) -> int:
     """How many entries a mask of this sparsity keeps (sparsity = fraction of zeros)."""
-    return round((1.0 - sparsity) * numel)
+    return numel - int(sparsity * numel)
 
 
 class _TopKStraightThrough(torch.autograd.Function):
@@ -44,20 +45,23 @@ def topk_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
 class Mask(nn.Module):
     """One layer's mask over one prototype tensor.
 
-    A *learned* mask holds trainable scores (kaiming-uniform, like the official
-    code) and takes their top-k in every forward. A *fixed* mask holds a 0/1
+    A *learned* mask holds trainable scores and takes their top-k in every
+    forward. Scores are uniform in ``±1/sqrt(fan_in)``, which is
+    ``kaiming_uniform_(a=sqrt(5))``; ``fan_in`` is the one the official code's
+    score tensor has (it stores some scores transposed or stacked over layers),
+    so that a mask learning rate means the same here as there. It defaults to
+    this tensor's own fan-in (``shape[1:]``'s product). A *fixed* mask holds a 0/1
     buffer: a random mask (the ablation that tells whether learning the
     sub-network matters) or a learned one after it was saved and loaded.
     """
 
-    def __init__(self, shape: tuple[int, ...], sparsity: float, fixed: torch.Tensor | None = None):
+    def __init__(self, shape: tuple[int, ...], sparsity: float, fixed: torch.Tensor | None = None, fan_in: int | None = None):
         super().__init__()
         self.shape = tuple(shape)
         self.sparsity = sparsity
         if fixed is None:
-            scores = torch.empty(self.shape)
-            nn.init.kaiming_uniform_(scores, a=math.sqrt(5))
-            self.scores = nn.Parameter(scores)
+            bound = 1.0 / math.sqrt(fan_in or math.prod(self.shape[1:]))
+            self.scores = nn.Parameter(torch.empty(self.shape).uniform_(-bound, bound))
         else:
             if tuple(fixed.shape) != self.shape:
                 raise ValueError(f"mask of shape {tuple(fixed.shape)} given for a tensor of shape {self.shape}")

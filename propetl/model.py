@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 
 from .config import PETLConfig
 from .masks import Mask
-from .modules import SPECS
+from .modules import SPECS, ModuleSpec
 from .prototype import Prototype, PrototypeLayer
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta")
@@ -44,15 +44,16 @@ def head_modules(model: PreTrainedModel) -> dict[str, nn.Module]:
     return heads
 
 
-def _make_masks(spec_masked: tuple[str, ...], prototype: Prototype, config: PETLConfig, layer: int, site: int) -> dict[str, Mask]:
+def _make_masks(spec: ModuleSpec, prototype: Prototype, config: PETLConfig, layer: int, site: int) -> dict[str, Mask]:
     if not config.masked:
         return {}
+    shapes = {name: prototype.shapes[name] for name in spec.masked}
     if config.mask_mode == "learned":
-        return {name: Mask(prototype.shapes[name], config.sparsity) for name in spec_masked}
+        return {name: Mask(shape, config.sparsity, fan_in=spec.score_fan_in(shape)) for name, shape in shapes.items()}
     # mask_seed None: torch's global RNG, which `propetl train` seeds with the training seed, so every
     # seed of a random-mask ablation draws other masks (as it draws other learned-score inits)
     generator = None if config.mask_seed is None else torch.Generator().manual_seed(config.mask_seed * 1_000_003 + site * 1_009 + layer)
-    return {name: Mask.random(prototype.shapes[name], config.sparsity, generator) for name in spec_masked}
+    return {name: Mask.random(shape, config.sparsity, generator) for name, shape in shapes.items()}
 
 
 def _insert_modules(model: PreTrainedModel, config: PETLConfig) -> None:
@@ -66,7 +67,7 @@ def _insert_modules(model: PreTrainedModel, config: PETLConfig) -> None:
         parent_path, _, attr = path.rpartition(".")
         for layer_index, layer in enumerate(layers):
             parent = layer.get_submodule(parent_path)
-            masks = _make_masks(spec.masked, prototype, config, layer_index, site_index)
+            masks = _make_masks(spec, prototype, config, layer_index, site_index)
             index = 0 if config.shared else layer_index
             setattr(parent, attr, spec.wrap(getattr(parent, attr), prototype, index, masks, config))
     setattr(model, PROTOTYPES_ATTR, prototypes)

@@ -190,6 +190,60 @@ def published_comparison(runs: pd.DataFrame, published_csv: str | Path) -> pd.Da
     return merged[columns].sort_values(["method", "task", "sparsity"], ignore_index=True)
 
 
+BUDGET_KEYS = ["task", "method", "sparsity", "max_steps"]
+
+
+def _main_method_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs of the methods as the paper defines them: learned masks on a shared prototype, or a baseline.
+
+    Ablation entries (random or no masks, no sharing) share a ``method`` name with the
+    real thing, so they are left out wherever runs are grouped by method instead of label.
+    """
+    learned = runs.get("mask_mode", pd.Series(None, index=runs.index)).fillna("learned") == "learned"
+    shared = runs.get("share", pd.Series(None, index=runs.index)).fillna("layers") == "layers"
+    return runs[learned & shared]
+
+
+def has_budget_ladder(runs: pd.DataFrame) -> bool:
+    """Whether some task and method ran at more than one max_steps (a budget study)."""
+    if "max_steps" not in runs or runs["max_steps"].isna().all():
+        return False
+    return bool((_main_method_runs(runs).groupby(["task", "method"])["max_steps"].nunique() > 1).any())
+
+
+def budget_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """Test combined score (%) per task, method, sparsity and training budget (max_steps): mean, std, n_seeds."""
+    frame = _main_method_runs(runs).assign(score=lambda r: r[HEADLINE] * 100.0)
+    grouped = frame.groupby(BUDGET_KEYS, dropna=False)["score"]
+    cells = grouped.agg(["mean", "std", "count"]).reset_index()
+    return cells.rename(columns={"mean": f"{HEADLINE}_mean", "std": f"{HEADLINE}_std", "count": "n_seeds"})
+
+
+def budget_gaps(runs: pd.DataFrame) -> pd.DataFrame:
+    """ProPETL minus its dedicated module, per task and max_steps, paired by seed (points, test %).
+
+    ``gap_std`` is the spread of the per-seed differences and ``gap_se`` its standard
+    error; only seeds both methods ran at that budget enter.
+    """
+    frame = _main_method_runs(runs).assign(score=lambda r: r[HEADLINE] * 100.0)
+    rows = []
+    for method in sorted(frame["method"].unique()):
+        dedicated = method.removeprefix("propetl-")
+        if dedicated == method or not (frame["method"] == dedicated).any():
+            continue
+        pair = frame[frame["method"].isin([method, dedicated])]
+        wide = pair.pivot_table(index=["task", "max_steps", "seed"], columns="method", values="score").dropna()
+        diff = (wide[method] - wide[dedicated]).groupby(level=["task", "max_steps"])
+        for (task, max_steps), gaps in diff:
+            rows.append({
+                "task": task, "max_steps": int(max_steps), "method": method, "dedicated": dedicated,
+                "n_seeds": len(gaps), "propetl_mean": wide.loc[(task, max_steps), method].mean(),
+                "dedicated_mean": wide.loc[(task, max_steps), dedicated].mean(), "gap_mean": gaps.mean(),
+                "gap_std": gaps.std(), "gap_se": gaps.std() / len(gaps) ** 0.5,
+            })
+    return pd.DataFrame(rows)
+
+
 def _markdown(shown: pd.DataFrame) -> str:
     """Markdown via tabulate, keeping the cell strings exactly as rendered."""
     align = ["left"] + ["right"] * shown.shape[1]
@@ -210,7 +264,8 @@ def write_tables(
     published_csv: str | Path | None = None,
     run_dirs: Sequence[str | Path] | None = None,
 ) -> list[Path]:
-    """Write runs.csv, cells.csv, paper_table.{csv,md,tex} and, when any overlap, published_vs_ours.csv.
+    """Write runs.csv, cells.csv, paper_table.{csv,md,tex}, when any overlap published_vs_ours.csv,
+    and for a budget ladder (:func:`has_budget_ladder`) budget.csv and budget_gap.{csv,md}.
 
     ``published_csv`` defaults to ``<results_root>/published/propetl_table1.csv``
     when that file exists. Without overlap published_vs_ours.csv is not written and
@@ -234,4 +289,15 @@ def write_tables(
         comparison_path.unlink(missing_ok=True)
     else:
         written.append(write_text(comparison_path, comparison.to_csv(index=False)))
+    budget_files = [out / "budget.csv", out / "budget_gap.csv", out / "budget_gap.md"]
+    if has_budget_ladder(runs):
+        gaps = budget_gaps(runs)
+        written += [
+            write_text(budget_files[0], budget_cells(runs).to_csv(index=False)),
+            write_text(budget_files[1], gaps.to_csv(index=False)),
+            write_text(budget_files[2], gaps.to_markdown(index=False, floatfmt=".2f") + "\n"),
+        ]
+    else:  # never leave a budget table the current runs do not support
+        for path in budget_files:
+            path.unlink(missing_ok=True)
     return written

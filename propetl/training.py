@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from .provenance import provenance
 from .storage import storage_report
 
 log = logging.getLogger("propetl.train")
+EVAL_STRATEGIES = ("steps", "epoch")
 
 
 def resolve(train: TrainConfig, petl: PETLConfig) -> TrainConfig:
@@ -55,15 +56,25 @@ def resolve(train: TrainConfig, petl: PETLConfig) -> TrainConfig:
     )
 
 
-def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """PETL parameters, mask scores and head, each with its own learning rate."""
+def parameter_groups(model: torch.nn.Module, cfg: TrainConfig, decay_names: Collection[str]) -> list[dict[str, Any]]:
+    """PETL parameters, mask scores and head, each with its own learning rate and weight decay.
+
+    As in the official trainer.py (and the Trainer's default), biases and LayerNorm
+    weights never decay: each group is split by ``decay_names``
+    (``Trainer.get_decay_parameter_names``). Mask scores decay with ``mask_weight_decay``.
+    """
     scores, head = parameters_of(layer_masks(model).values()), parameters_of(head_modules(model).values())
+    decay_names = set(decay_names)
+    decayed = {id(p) for name, p in model.named_parameters() if name in decay_names}
     petl = [p for p in model.parameters() if p.requires_grad and id(p) not in scores and id(p) not in head]
-    groups = [
-        {"name": "petl", "params": petl, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        {"name": "mask_scores", "params": list(scores.values()), "lr": cfg.mask_lr, "weight_decay": cfg.mask_weight_decay},
-        {"name": "head", "params": list(head.values()), "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
-    ]
+    groups = []
+    for name, params, lr, weight_decay in (
+        ("petl", petl, cfg.lr, cfg.weight_decay),
+        ("mask_scores", list(scores.values()), cfg.mask_lr, cfg.mask_weight_decay),
+        ("head", list(head.values()), cfg.head_lr, cfg.weight_decay),
+    ):
+        groups.append({"name": name, "params": [p for p in params if id(p) in decayed], "lr": lr, "weight_decay": weight_decay})
+        groups.append({"name": f"{name}/no_decay", "params": [p for p in params if id(p) not in decayed], "lr": lr, "weight_decay": 0.0})
     return [g for g in groups if g["params"]]
 
 
@@ -79,7 +90,9 @@ class _PETLTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
-            self.optimizer = torch.optim.AdamW(parameter_groups(self.model, self.run_config))
+            self.optimizer = torch.optim.AdamW(
+                parameter_groups(self.model, self.run_config, self.get_decay_parameter_names(self.model))
+            )
         return self.optimizer
 
 
@@ -180,7 +193,9 @@ def _check(train: TrainConfig) -> None:
             raise ValueError(f"{name}={getattr(train, name)} must be a positive integer")
     if train.max_steps is not None and train.max_steps <= 0:
         raise ValueError(f"max_steps={train.max_steps} must be a positive integer")
-    if train.max_steps is not None and train.eval_every > train.max_steps:
+    if train.eval_strategy not in EVAL_STRATEGIES:
+        raise ValueError(f"eval_strategy={train.eval_strategy!r} is not supported; allowed: {', '.join(EVAL_STRATEGIES)}")
+    if train.eval_strategy == "steps" and train.max_steps is not None and train.eval_every > train.max_steps:
         raise ValueError(f"eval_every={train.eval_every} exceeds max_steps={train.max_steps}: no validation would pick the checkpoint")
     if train.epochs <= 0:
         raise ValueError(f"epochs={train.epochs} must be positive")
@@ -242,9 +257,9 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
         learning_rate=cfg.lr,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         lr_scheduler_type="linear",
-        eval_strategy="steps",
+        eval_strategy=cfg.eval_strategy,
         eval_steps=cfg.eval_every,
-        save_strategy="steps",
+        save_strategy=cfg.eval_strategy,
         save_steps=cfg.eval_every,
         save_total_limit=1,
         load_best_model_at_end=True,
@@ -312,6 +327,7 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
         "storage": report,
         "artifact_bytes": artifact_bytes(artifact),
         "trainable_params": report["trainable_params"],
+        "max_steps": cfg.max_steps,
         "steps": trainer.state.global_step,
         "best_step": best_step,
         "train_time_s": fitted.train_time_s,

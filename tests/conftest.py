@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
@@ -41,3 +44,27 @@ def tiny_batch(batch: int = 4, length: int = 12, seed: int = 0) -> dict[str, tor
 @pytest.fixture(params=["bert", "roberta"])
 def family(request) -> str:
     return request.param
+
+
+def _write_run(root: Path, label: str, method: str, seed: int, max_steps: int, score: float, **extra) -> None:
+    sparsity = 0.5 if method.startswith("propetl") else None
+    record = {"task": "rt", "label": label, "method": method, "sparsity": sparsity, "seed": seed, "max_steps": max_steps,
+              "mask_mode": "learned" if sparsity else None, "share": "layers" if sparsity else None,
+              "test": {"accuracy": score, "combined_score": score}, "storage": {"storage_pct": 1.0}, "artifact_bytes": 10,
+              **extra}
+    folder = root / "runs" / "rt" / label / ("s-" if sparsity is None else "s0.5") / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def budget_ladder(tmp_path) -> Path:
+    """A results root of a training-budget ladder: adapter and propetl-adapter at 100 and 200 steps
+    (test score = combined score); seed 3 only for adapter at 200; one random-mask ablation run."""
+    scores = {("adapter", 100): [0.80, 0.82], ("propetl-adapter", 100): [0.75, 0.78],
+              ("adapter", 200): [0.84, 0.84, 0.90], ("propetl-adapter", 200): [0.85, 0.83]}
+    for (method, steps), values in scores.items():
+        for seed, score in enumerate(values, start=1):
+            _write_run(tmp_path, f"{method}-{steps}", method, seed, steps, score)
+    _write_run(tmp_path, "propetl-adapter-random", "propetl-adapter", 1, 200, 0.10, mask_mode="random")
+    return tmp_path

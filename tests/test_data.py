@@ -7,6 +7,7 @@ from pathlib import Path
 import datasets
 import pandas as pd
 import pytest
+import torch
 
 from propetl import data, resources
 from propetl.data import TASKS, get_task_spec, load_prepared, load_task, prepare_task, split_sizes, tokenize_task
@@ -144,6 +145,16 @@ def test_small_glue_task_halves_the_official_validation_set():
     _assert_no_example_in_two_splits(dsdict)
     assert set(_keys(load_task("glue-rte", data_seed=3, glue_dir=GLUE_FIXTURES)["test"])) != set(
         _keys(dsdict["test"]))
+
+
+def test_glue_splits_are_the_official_run_glue_ones_with_data_seed_42():
+    # run_glue.py: torch.randperm(n, generator seeded 42); small tasks validate on the first half
+    # of the permuted official validation set and report the second half
+    official = pd.read_json(GLUE_FIXTURES / "rte" / "validation.jsonl", lines=True)
+    order = torch.randperm(len(official), generator=torch.Generator().manual_seed(42)).tolist()
+    test_rows = official.iloc[order[len(official) // 2:]]
+    dsdict = load_task("glue-rte", data_seed=42, glue_dir=GLUE_FIXTURES)
+    assert list(_keys(dsdict["test"])) == list(zip(test_rows["sentence1"], test_rows["sentence2"]))
 
 
 def test_stsb_labels_are_floats():

@@ -141,3 +141,10 @@ def test_a_prototype_without_masks_is_a_reference_line_in_score_vs_sparsity():
         assert "adapter (baseline)" in lines
         assert set(lines["propetl-adapter-nomask (no masks)"].get_ydata()) == set(
             nomask.loc[nomask["task"] == ax.get_title().split(" · ")[0], figures.MEAN])
+
+
+def test_a_budget_ladder_gets_its_gap_figure_and_other_results_do_not(budget_ladder, tmp_path):
+    written = figures.write_figures(budget_ladder, tmp_path / "figures")
+    assert_png_and_pdf(written, "budget_gap")
+    assert not any("budget_gap" in p.name for p in figures.write_figures(FIXTURE, tmp_path / "figures"))
+    assert not (tmp_path / "figures" / "budget_gap.png").exists()  # the stale one is gone

@@ -11,8 +11,15 @@ from propetl.masks import Mask, kept_count, topk_mask
 def test_learned_mask_keeps_exactly_k_entries_over_the_whole_tensor(shape, sparsity):
     mask = Mask(shape, sparsity)()
     numel = mask.numel()
-    assert mask.sum().item() == round((1 - sparsity) * numel) == kept_count(numel, sparsity)
+    assert mask.sum().item() == numel - int(sparsity * numel) == kept_count(numel, sparsity)
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_kept_count_follows_the_official_getsubnet_rounding():
+    # official GetSubnet zeroes the int((1 - kept) * numel) smallest scores: 12 of 128 at
+    # sparsity 0.1 (116 kept), where round((1 - s) * numel) would keep 115
+    assert kept_count(128, 0.1) == 116
+    assert kept_count(98_304, 0.9) == 98_304 - 88_473
 
 
 def test_mask_keeps_the_largest_absolute_scores():
@@ -42,9 +49,10 @@ def test_a_gradient_step_drops_a_harmful_entry_whatever_the_sign_of_its_score(si
     assert topk_mask(scores, sparsity=1 / 3).tolist() == [0.0, 1.0, 1.0]
 
 
-def test_scores_are_kaiming_uniform_initialised():
-    scores = Mask((256, 64), 0.5).scores
-    bound = 1 / 64**0.5  # kaiming_uniform_(a=sqrt(5)) on fan_in 64
+@pytest.mark.parametrize("fan_in, bound", [(None, 1 / 64**0.5), (256, 1 / 16)])
+def test_scores_are_kaiming_uniform_on_the_given_fan_in(fan_in, bound):
+    # kaiming_uniform_(a=sqrt(5)) is uniform in +-1/sqrt(fan_in); default fan-in: the tensor's own
+    scores = Mask((256, 64), 0.5, fan_in=fan_in).scores
     assert scores.abs().max() <= bound
     assert scores.abs().max() > 0.9 * bound
 

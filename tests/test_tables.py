@@ -180,3 +180,38 @@ def test_published_numbers_are_transcribed_consistently():
         per_metric = rows[rows["task"] != "avg"]["value"]
         assert len(per_metric) == 11
         assert per_metric.mean() == pytest.approx(rows[rows["task"] == "avg"]["value"].item(), abs=0.01)
+
+
+# ---------------------------------------------------------------- the training-budget ladder
+
+
+def test_a_budget_ladder_is_recognised_only_where_a_method_ran_at_several_max_steps(budget_ladder):
+    assert tables.has_budget_ladder(tables.collect_runs(budget_ladder))
+    assert not tables.has_budget_ladder(tables.collect_runs(FIXTURE))
+
+
+def test_budget_cells_group_by_method_and_max_steps_and_leave_ablations_out(budget_ladder):
+    cells = tables.budget_cells(tables.collect_runs(budget_ladder)).set_index(["method", "max_steps"])
+    assert cells.loc[("propetl-adapter", 200), "test_combined_score_mean"] == pytest.approx(84.0)  # not the 10% ablation
+    assert cells.loc[("adapter", 200), "n_seeds"] == 3
+    assert cells.loc[("adapter", 100), "test_combined_score_std"] == pytest.approx(math.sqrt(2.0))
+
+
+def test_budget_gap_is_propetl_minus_dedicated_paired_by_seed(budget_ladder):
+    gaps = tables.budget_gaps(tables.collect_runs(budget_ladder)).set_index("max_steps")
+    assert gaps.loc[100, "gap_mean"] == pytest.approx(-4.5)  # (75-80 + 78-82) / 2
+    assert gaps.loc[200, "n_seeds"] == 2  # adapter's seed 3 has no partner
+    assert gaps.loc[200, "gap_mean"] == pytest.approx(0.0)  # (85-84 + 83-84) / 2
+    assert gaps.loc[200, "gap_std"] == pytest.approx(math.sqrt(2.0))
+    assert gaps.loc[200, "gap_se"] == pytest.approx(1.0)
+    assert (gaps["dedicated"] == "adapter").all()
+
+
+def test_budget_tables_are_written_for_a_ladder_and_removed_without_one(budget_ladder, tmp_path):
+    out = tmp_path / "tables"
+    written = {path.name for path in tables.write_tables(budget_ladder, out)}
+    assert {"budget.csv", "budget_gap.csv", "budget_gap.md"} <= written
+    assert pd.read_csv(out / "budget_gap.csv")["max_steps"].tolist() == [100, 200]
+    single = [budget_ladder / "runs/rt/adapter-100/s-/seed1", budget_ladder / "runs/rt/propetl-adapter-100/s0.5/seed1"]
+    tables.write_tables(budget_ladder, out, run_dirs=single)
+    assert not (out / "budget.csv").exists() and not (out / "budget_gap.md").exists()

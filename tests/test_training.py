@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from propetl import PETLConfig, load_petl
 from propetl.cli import build_parser, main
@@ -147,15 +147,33 @@ def test_mask_scores_head_and_petl_parameters_get_their_own_learning_rates():
 
     model = apply_petl(load_model("tiny-bert", 2), PETLConfig(method="propetl-adapter"))
     cfg = resolve(TrainConfig(lr=1e-3, head_lr=5e-3), PETLConfig(method="propetl-adapter"))
-    groups = {g["name"]: g for g in parameter_groups(model, cfg)}
+    decay = Trainer.get_decay_parameter_names(None, model)
+    groups = {g["name"]: g for g in parameter_groups(model, cfg, decay)}
     assert groups["petl"]["lr"] == 1e-3 and groups["head"]["lr"] == 5e-3 and groups["mask_scores"]["lr"] == 3e-3  # paper mask_lr
     assert all(p.dim() >= 2 for p in groups["mask_scores"]["params"])
     assert sum(len(g["params"]) for g in groups.values()) == sum(1 for p in model.parameters() if p.requires_grad)
 
 
+def test_weight_decay_reaches_weights_and_mask_scores_but_never_biases():
+    # official trainer.py: every parameter decays except biases and LayerNorm weights, the mask
+    # scores included (with the mask learning rate)
+    from propetl import apply_petl
+
+    model = apply_petl(load_model("tiny-bert", 2), PETLConfig(method="propetl-adapter"))
+    cfg = resolve(TrainConfig(weight_decay=0.1, mask_weight_decay=0.2), PETLConfig(method="propetl-adapter"))
+    groups = {g["name"]: g for g in parameter_groups(model, cfg, Trainer.get_decay_parameter_names(None, model))}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert groups["mask_scores"]["weight_decay"] == 0.2 and "mask_scores/no_decay" not in groups
+    assert groups["petl"]["weight_decay"] == groups["head"]["weight_decay"] == 0.1
+    assert {names[id(p)].rsplit(".", 1)[1] for p in groups["petl"]["params"]} == {"down", "up"}
+    for name in ("petl/no_decay", "head/no_decay"):
+        assert groups[name]["weight_decay"] == 0.0
+        assert all("bias" in names[id(p)] for p in groups[name]["params"])
+
+
 def test_paper_defaults_fill_unset_learning_rates():
     cfg = resolve(TrainConfig(), PETLConfig(method="propetl-lora"))
-    assert (cfg.lr, cfg.mask_lr, cfg.head_lr) == (5e-4, 3e-2, 5e-4)
+    assert (cfg.lr, cfg.mask_lr, cfg.head_lr) == (1e-4, 3e-2, 1e-4)  # run_lora.sh
 
 
 @pytest.mark.parametrize(

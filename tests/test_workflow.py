@@ -22,8 +22,8 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from propetl.cli import build_parser
-from propetl.config import METHODS, PETLConfig
-from propetl.config import TrainConfig
+from propetl.config import (METHODS, PAPER_DEFAULTS, PAPER_EPOCHS, PAPER_TRAINING, PROPETL_METHODS, PETLConfig,
+                            TrainConfig)
 from propetl.tuning import TUNABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +33,7 @@ STUDIES = {
     "paper": ROOT / "workflow/configs/paper.yaml",
     "ci": ROOT / "workflow/configs/ci.yaml",
     "ablation": ROOT / "workflow/configs/ablation.yaml",
+    "budget": ROOT / "workflow/configs/budget.yaml",
 }
 SMALL_GLUE = ("glue-cola", "glue-mrpc", "glue-rte", "glue-stsb")
 
@@ -117,7 +118,7 @@ def test_the_schema_speaks_the_cli_vocabulary():
 # ---------------------------------------------------------------- the grid
 
 
-def test_paper_study_plans_168_runs_with_the_official_budgets(workdir):
+def test_paper_study_plans_168_runs_with_every_official_hyperparameter_spelled_out(workdir):
     config = study("paper")
     output = dry_run(workdir, "--configfile", "workflow/configs/paper.yaml")
     counts = job_counts(output)
@@ -128,11 +129,24 @@ def test_paper_study_plans_168_runs_with_the_official_budgets(workdir):
     for argv in commands(output, "train"):
         args = parser.parse_args(argv)  # every flag the workflow writes is one `propetl train` takes
         assert args.model == "roberta-base" and args.max_length is None and args.params is None
-        assert args.epochs == (20 if args.task in SMALL_GLUE else 10) and args.max_steps is None
-        assert args.lr is None and args.mask_lr is None  # from PAPER_DEFAULTS
-        assert args.seed in (42, 43, 44)
+        # a reader of the plan sees the whole setting: no hyperparameter is left to a default
+        shown = ["--lr", "--batch-size", "--warmup-ratio", "--weight-decay", "--epochs", "--eval-strategy", "--fp16"]
+        if args.method in PROPETL_METHODS:
+            shown += ["--mask-lr", "--mask-weight-decay", "--sparsity"]
+        assert [name for name in shown if name not in argv] == []
+        assert args.epochs == PAPER_EPOCHS[args.task] == (20 if args.task in SMALL_GLUE else 10) and args.max_steps is None
+        assert args.lr == PAPER_DEFAULTS[args.method]["lr"]
+        for key in ("batch_size", "warmup_ratio", "weight_decay", "fp16", "eval_strategy"):
+            assert getattr(args, key) == PAPER_TRAINING[key], key
+        if args.method in PROPETL_METHODS:
+            assert args.mask_lr == PAPER_DEFAULTS[args.method]["mask_lr"]
+            assert float(args.sparsity) == PAPER_DEFAULTS[args.method]["sparsity"]
+            assert args.mask_weight_decay == PAPER_TRAINING["mask_weight_decay"]
+        assert args.seed in PAPER_TRAINING["seeds"]
+    assert {args.method: args.lr for args in map(parser.parse_args, commands(output, "train"))}["adapter"] == 1e-4
     prepared = {flag(argv, "--task"): flag(argv, "--max-length") for argv in commands(output, "prepare")}
-    assert prepared == {task: "128" for task in config["tasks"]}
+    assert prepared == {task: str(PAPER_TRAINING["max_length"]) for task in config["tasks"]}
+    assert {flag(argv, "--data-seed") for argv in commands(output, "prepare")} == {"42"}  # run_glue.py's dataset_seed
 
 
 def test_default_study_grid_sweeps_only_where_asked_and_never_duplicates_baselines(workdir):
@@ -185,6 +199,19 @@ def test_ablation_study_changes_only_the_masks_and_the_sharing_between_its_rows(
     }
 
 
+def test_budget_study_scales_only_the_steps_between_the_rungs_of_its_ladder(workdir):
+    output = dry_run(workdir, "--configfile", "workflow/configs/budget.yaml")
+    assert job_counts(output)["train"] == expected_train_jobs(study("budget")) == 2 * 3 * 2 * 3
+    base = {"rt-polarity": (240, 120), "snli": (180, 90)}
+    rungs = set()
+    for argv in map(build_parser().parse_args, commands(output, "train")):
+        scale = int(argv.label.rsplit("-x", 1)[1])
+        assert (argv.max_steps, argv.eval_every) == (base[argv.task][0] * scale, base[argv.task][1] * scale)
+        assert argv.lr == 2e-3 and argv.warmup_ratio == 0.1 and argv.params is None  # everything else equal
+        rungs.add((argv.method, scale))
+    assert rungs == {(method, scale) for method in ("adapter", "propetl-adapter") for scale in (1, 2, 4)}
+
+
 def test_config_overrides_on_the_command_line_are_typed_merged_and_checked(workdir):
     output = dry_run(workdir, "--config", "seeds=[3]", "tuning={enabled: false}", "output=elsewhere")
     counts = job_counts(output)
@@ -222,6 +249,9 @@ BAD_CONFIGS = {
     "unknown top-level key": (_bad(lambda c: c.update(epochs=3)), (), ["'epochs'", "top level", "allowed: output"]),
     "tuned method without search space": (_bad(lambda c: c["tuning"]["search_space"].pop("adapter")), (), ["tuning.search_space", "'adapter'"]),
     "--config override": (None, ("--config", "tuning={n_trials: 0}"), ["tuning.n_trials", "minimum of 1"]),
+    "budget_scale without max_steps": (_bad(lambda c: (c["methods"][0].update(budget_scale=2), c["training"].pop("max_steps"),
+                                                       c["tasks"]["snli"].pop("max_steps"))),
+                                       (), ["methods[0]", "budget_scale", "'rt-polarity' has none"]),
 }
 
 

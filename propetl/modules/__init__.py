@@ -28,6 +28,8 @@ class ModuleSpec:
     """Prototype tensors that get a per-layer mask (biases stay shared, unmasked)."""
     wrap: Callable[[nn.Module, Prototype, int, dict[str, Mask], PETLConfig], PrototypeLayer]
     """Wraps the original sub-module at a site for layer ``index``."""
+    score_fan_in: Callable[[tuple[int, ...]], int]
+    """Fan-in of the official code's score tensor for a masked tensor of this shape (sets the init scale)."""
 
 
 # Imported last: each module needs ModuleSpec from this package.

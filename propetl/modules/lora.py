@@ -45,4 +45,5 @@ SPEC = ModuleSpec(
     prototype=_prototype,
     masked=("A", "B"),
     wrap=LoRALinear,
+    score_fan_in=lambda shape: shape[1],  # official LoraSubnet: scores shaped like A and B
 )

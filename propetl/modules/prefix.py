@@ -10,6 +10,8 @@ masks it (mask shape ``[prefix_length, 2 * hidden]`` per layer).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -122,4 +124,11 @@ def _prototype(config: PETLConfig, model_config: PretrainedConfig, copies: int) 
     return PrefixPrototype(config.prefix_length, model_config.hidden_size, config.prefix_mid_dim, copies)
 
 
-SPEC = ModuleSpec(sites=lambda config: {"attn": "attention.self"}, prototype=_prototype, masked=("prefix",), wrap=PrefixAttention)
+SPEC = ModuleSpec(
+    sites=lambda config: {"attn": "attention.self"},
+    prototype=_prototype,
+    masked=("prefix",),
+    wrap=PrefixAttention,
+    # official PrefixSubnet: one [layers, P, 2h] score tensor, whose kaiming fan-in is P * 2h
+    score_fan_in=math.prod,
+)

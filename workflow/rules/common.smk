@@ -1,6 +1,7 @@
 # Config loading, validation and grid expansion. Everything here runs at parse time,
 # before any job: a bad config stops the workflow with ONE line naming the key.
 
+import dataclasses
 import json
 import os
 import shlex
@@ -121,6 +122,10 @@ def check_entry(i, entry, tasks):
     for task in entry["sweep"]:
         if task not in tasks:
             _fail(f"{where}.sweep: task {task!r} is not in tasks; allowed: {', '.join(tasks)}")
+    if entry["budget_scale"] != 1:
+        for task in tasks:
+            if "max_steps" not in {**config["training"], **(tasks[task] or {})}:
+                _fail(f"{where}.budget_scale: scales max_steps, but task {task!r} has none (set training.max_steps)")
 
 
 def check_search_space(where, space):
@@ -168,7 +173,7 @@ check_schema(config, workflow.source_path(SCHEMA))
 validate(config, SCHEMA)
 
 # Imported after the schema check: importing the package (torch, transformers) takes seconds.
-from propetl.config import METHODS, PAPER_DEFAULTS, PROPETL_METHODS
+from propetl.config import METHODS, PAPER_DEFAULTS, PROPETL_METHODS, TrainConfig
 from propetl.data import TASKS
 from propetl.tuning import TUNABLE
 
@@ -269,6 +274,21 @@ def prepare_flags(wildcards):
     return flags({"task": TASK_NAMES[wildcards.task], "model": config["model"], "data_seed": config["data_seed"], **caps})
 
 
+def explicit_hyperparameters(entry, values):
+    """The optimisation setting of a run with every default spelled out, so that a plan
+    (snakemake -n -p) shows the whole setting: lr (and mask lr and mask weight decay for
+    learned masks), batch size, warm-up, weight decay, and epochs unless max_steps is set."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    paper = PAPER_DEFAULTS[entry["method"]]
+    shown = {"lr": paper["lr"]}
+    if entry["method"] in PROPETL_METHODS and entry.get("mask_mode", "learned") == "learned":
+        shown |= {"mask_lr": paper["mask_lr"], "mask_weight_decay": defaults["mask_weight_decay"]}
+    shown |= {key: defaults[key] for key in ("batch_size", "warmup_ratio", "weight_decay")}
+    if values.get("max_steps") is None:
+        shown["epochs"] = defaults["epochs"]
+    return {**shown, **values}
+
+
 def run_flags(wildcards, training, seed):
     """What defines a run: backbone, task, grid entry, sparsity, seed, budget and method params."""
     entry = ENTRIES[wildcards.label]
@@ -277,12 +297,20 @@ def run_flags(wildcards, training, seed):
         "label": wildcards.label, "method": entry["method"],
         "sparsity": None if wildcards.sparsity == "-" else wildcards.sparsity,
         "mask_mode": entry.get("mask_mode"), "share": entry.get("share"), "seed": seed,
-        **training, **entry["params"],
+        **explicit_hyperparameters(entry, {**training, **entry["params"]}),
     })
 
 
+def scaled_budget(training, scale):
+    """A budget-ladder entry's steps: max_steps and eval_every times its budget_scale."""
+    if scale == 1:
+        return training
+    return {**training, **{key: round(training[key] * scale) for key in ("max_steps", "eval_every") if key in training}}
+
+
 def train_flags(wildcards):
-    return run_flags(wildcards, task_training(wildcards.task), wildcards.seed)
+    training = scaled_budget(task_training(wildcards.task), ENTRIES[wildcards.label]["budget_scale"])
+    return run_flags(wildcards, training, wildcards.seed)
 
 
 def tune_flags(wildcards):
