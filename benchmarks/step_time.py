@@ -16,7 +16,7 @@ import torch
 
 from propetl import METHODS, PETLConfig, apply_petl, merge_masks
 from propetl.atomic import write_text
-from propetl.models import load_model
+from propetl.backbones import load_model
 
 
 def _time(step, warmup: int, repeats: int) -> float:

@@ -9,8 +9,8 @@ from importlib import import_module
 _PUBLIC = {
     "METHODS": "config",
     "PETLConfig": "config",
-    "apply_petl": "model",
-    "merge_masks": "model",
+    "apply_petl": "petl_model",
+    "merge_masks": "petl_model",
     "storage_report": "storage",
     "save_petl": "artifacts",
     "load_petl": "artifacts",

@@ -52,7 +52,7 @@ from transformers import PreTrainedTokenizerBase
 
 from propetl import resources
 from propetl.atomic import atomic_dir
-from propetl.models import load_tokenizer, model_identity
+from propetl.backbones import load_tokenizer, model_identity
 
 SPLITS = ("train", "validation", "test")
 GLUE_DIR_ENV = "PROPETL_GLUE_DIR"

@@ -68,7 +68,7 @@ class Prototype(nn.Module):
 class PrototypeLayer(nn.Module):
     """One layer's view of a prototype: which copy it reads and which masks it applies.
 
-    The prototype is registered once on the model (see :func:`propetl.model.apply_petl`)
+    The prototype is registered once on the model (see :func:`propetl.petl_model.apply_petl`)
     and only *referenced* here, so it appears once in ``parameters()`` and the
     state dict however many layers share it.
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .model import backbone_parameters, head_modules, layer_masks, petl_config_of, prototypes
+from .petl_model import backbone_parameters, head_modules, layer_masks, petl_config_of, prototypes
 
 
 def storage_report(model: nn.Module) -> dict[str, float | int]:

@@ -35,8 +35,8 @@ from .atomic import write_json, write_text
 from .config import PAPER_DEFAULTS, PETLConfig, TrainConfig
 from .data import get_task_spec, load_prepared, prepare_task
 from .metrics import compute_metrics
-from .model import apply_petl, head_modules, layer_masks, parameters_of
-from .models import load_model, load_tokenizer, model_identity
+from .petl_model import apply_petl, head_modules, layer_masks, parameters_of
+from .backbones import load_model, load_tokenizer, model_identity
 from .provenance import provenance
 from .storage import storage_report
 

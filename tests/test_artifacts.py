@@ -10,7 +10,7 @@ from conftest import tiny_batch, tiny_classifier
 from propetl import METHODS, PETLConfig, apply_petl, load_petl, merge_masks, save_petl, storage_report
 from propetl.artifacts import artifact_bytes, load_masks, pack_bits, unpack_bits
 from propetl.masks import topk_mask
-from propetl.model import layer_masks, prototype_layers, prototypes
+from propetl.petl_model import layer_masks, prototype_layers, prototypes
 
 
 def trained_like(method: str, family: str = "bert", **kwargs):

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
 from propetl import PETLConfig, apply_petl
-from propetl.model import prototypes
+from propetl.petl_model import prototypes
 
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 

@@ -11,7 +11,7 @@ import torch
 
 from propetl import data, resources
 from propetl.data import TASKS, get_task_spec, load_prepared, load_task, prepare_task, split_sizes, tokenize_task
-from propetl.models import load_tokenizer
+from propetl.backbones import load_tokenizer
 
 GLUE_FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 

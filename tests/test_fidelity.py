@@ -13,7 +13,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from propetl import PETLConfig, apply_petl
 from propetl.config import PAPER_DEFAULTS, TrainConfig
-from propetl.model import layer_masks
+from propetl.petl_model import layer_masks
 from propetl.training import train
 
 HIDDEN, BOTTLENECK, R, P = 768, 64, 32, 64  # RoBERTa-base with the paper's module sizes

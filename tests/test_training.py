@@ -11,7 +11,7 @@ from transformers import Trainer, TrainerCallback
 from propetl import PETLConfig, load_petl
 from propetl.cli import build_parser, main
 from propetl.data import load_prepared
-from propetl.models import load_model
+from propetl.backbones import load_model
 from propetl.config import TrainConfig
 from propetl.training import fit, parameter_groups, resolve, train
 from propetl.tuning import tune

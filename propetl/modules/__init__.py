@@ -1,6 +1,6 @@
 """The three PETL modules, each described by a :class:`ModuleSpec`.
 
-A spec tells :func:`propetl.model.apply_petl` where the module goes in a
+A spec tells :func:`propetl.petl_model.apply_petl` where the module goes in a
 BERT/RoBERTa layer (its *sites*), what its prototype holds, which of those
 tensors get masks, and which ``nn.Module`` wraps the original sub-module.
 """

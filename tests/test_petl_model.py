@@ -6,7 +6,7 @@ from conftest import tiny_batch, tiny_classifier
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from propetl import METHODS, PETLConfig, apply_petl
-from propetl.model import head_modules, layer_masks, prototype_layers, prototypes
+from propetl.petl_model import head_modules, layer_masks, prototype_layers, prototypes
 
 PROPETL = ["propetl-adapter", "propetl-lora", "propetl-prefix"]
 

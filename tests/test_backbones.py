@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from propetl.models import load_model, load_tokenizer, model_identity
+from propetl.backbones import load_model, load_tokenizer, model_identity
 
 
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-roberta"])
