@@ -29,7 +29,8 @@ from transformers import PreTrainedModel
 from .atomic import atomic_dir
 from .config import PETLConfig
 from .masks import Mask
-from .petl_model import apply_petl, backbone_parameters, encoder_layers, head_modules, layer_masks, petl_config_of, prototype_layers, prototypes
+from .architectures import encoder_layers
+from .petl_model import apply_petl, backbone_parameters, head_modules, layer_masks, petl_config_of, prototype_layers, prototypes
 
 FORMAT = "propetl-artifact/2"  # 2: the official adapter data flow (artifacts of 1 computed another function)
 CONFIG_FILE = "petl_config.json"

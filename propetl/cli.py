@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
-import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,45 +14,22 @@ from typing import Any
 
 from .config import PETLConfig
 
-PETL_HELP = {
-    "method": "PETL method: adapter, lora, prefix, propetl-adapter, propetl-lora, propetl-prefix, full, bitfit",
-    "sparsity": "fraction of mask entries set to ZERO, in [0, 1) (ProPETL methods; default: the method's paper value)",
-    "mask_mode": "learned | random (fixed random mask) | none (whole prototype in every layer)",
-    "share": "layers (one prototype for all layers) | none (independent masked module per layer)",
-    "mask_seed": "seed of random masks (mask_mode=random); default: drawn from the training seed",
-    "reduction_factor": "adapter bottleneck = hidden / reduction_factor",
-    "lora_r": "LoRA rank",
-    "lora_alpha": "LoRA alpha (scaling = alpha / r)",
-    "lora_dropout": "dropout on the LoRA input",
-    "lora_targets": "attention projections LoRA adapts",
-    "prefix_length": "prefix key/value vectors per layer",
-    "prefix_mid_dim": "hidden size of the prefix reparameterisation MLP",
-}
 
+def _add_fields(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] | None = None, skip: Sequence[str] = ()) -> None:
+    """One flag per config field (``max_steps`` -> ``--max-steps`` / ``--max_steps``), help from the field's metadata.
 
-def _base_type(annotation: Any) -> type:
-    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    return next(h for h in hints if h is not type(None))
+    transformers' HfArgumentParser turns the fields into flags; it is called per field so
+    that a subcommand can take a subset (``prepare``) and two config classes share one parser.
+    """
+    from transformers.hf_argparser import HfArgumentParser
 
-
-def add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, helps: dict[str, str] | None = None, skip: Sequence[str] = (), only: Sequence[str] | None = None
-) -> None:
-    """One ``--flag`` per dataclass field (or per field in ``only``), documented with its default."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or (only is not None and f.name not in only):
             continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = (helps or {}).get(f.name) or f.metadata.get("help", "")
-        flag = "--" + f.name.replace("_", "-")
-        kind = _base_type(hints[f.name])
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif typing.get_origin(kind) is tuple:
-            parser.add_argument(flag, nargs="+", default=list(default), help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, default=default, required=f.name == "method", help=help_text)
+        resolved = copy.copy(f)  # the config module uses postponed annotations: give the parser real types
+        resolved.type = hints[f.name]
+        HfArgumentParser._parse_dataclass_field(parser, resolved)
 
 
 def _configs(args: argparse.Namespace):
@@ -124,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna study of a run's learning rates on the validation split; --out is the best_params.json to write",
     )
     for parser_ in (train, tune):
-        add_dataclass_flags(parser_, TrainConfig, skip=("out",) if parser_ is tune else ())
-        add_dataclass_flags(parser_, PETLConfig, PETL_HELP)
+        _add_fields(parser_, TrainConfig, skip=("out",) if parser_ is tune else ())
+        _add_fields(parser_, PETLConfig)
         parser_.add_argument("--params", default=None, help="JSON file of config overrides (e.g. best_params.json); wins over flags")
     train.set_defaults(func=_train)
     tune.add_argument("--search-space", required=True, help='JSON, e.g. {"lr": {"low": 1e-4, "high": 1e-2, "log": true}}')
@@ -149,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=_fetch)
 
     prepare = commands.add_parser("prepare", help="tokenise a task once for every run that shares it", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_dataclass_flags(prepare, TrainConfig, only=("task", "model", "data_seed", "max_length", "max_train", "max_val", "max_test"))
+    _add_fields(prepare, TrainConfig, only=("task", "model", "data_seed", "max_length", "max_train", "max_val", "max_test"))
     prepare.add_argument("--out", required=True, help="output dir of the tokenised task")
     prepare.set_defaults(func=_prepare)
     return parser

@@ -20,28 +20,50 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-BASELINE_METHODS = ("adapter", "lora", "prefix")
-PROPETL_METHODS = ("propetl-adapter", "propetl-lora", "propetl-prefix")
-REFERENCE_METHODS = ("full", "bitfit")
-METHODS = BASELINE_METHODS + PROPETL_METHODS + REFERENCE_METHODS
 MASK_MODES = ("learned", "random", "none")
 SHARE_MODES = ("layers", "none")
+EVAL_STRATEGIES = ("steps", "epoch")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method as the whole project knows it: every list of methods, default and help derives from here.
+
+    Adding a method is one entry below (plus, for a new kind of PETL module, its
+    ``ModuleSpec`` in ``propetl/modules/`` and its hyperparameters on ``PETLConfig``);
+    tests/test_config.py checks that every entry is complete.
+    """
+
+    module: str | None
+    """The PETL module it inserts (a key of ``propetl.modules.SPECS``); None for full / bitfit."""
+    propetl: bool
+    """One prototype shared by all layers, a mask per layer: takes sparsity, mask_mode and share."""
+    paper: dict[str, Any]
+    """Official lr (ProPETL methods: also mask_lr and sparsity), see PAPER_DEFAULTS."""
+    help: str
+
 
 # The official scripts' settings (ChaosCodes/ProPETL, propetl-roberta/scripts/run_{adapter,lora,
-# prefix}.sh; docs/fidelity.md cites each line). Training code, PETLConfig's defaults and the
-# pipeline read these; nothing else hard-codes them. All three PETL methods train at lr 1e-4;
-# mask_lr and sparsity (ours = 1 - their kept fraction) are per method. full and bitfit are not
-# in the official scripts: their lrs are common choices (RoBERTa paper, BitFit paper).
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "adapter": {"lr": 1e-4},
-    "lora": {"lr": 1e-4},
-    "prefix": {"lr": 1e-4},
-    "propetl-adapter": {"lr": 1e-4, "mask_lr": 3e-3, "sparsity": 0.5},
-    "propetl-lora": {"lr": 1e-4, "mask_lr": 3e-2, "sparsity": 0.9},
-    "propetl-prefix": {"lr": 1e-4, "mask_lr": 1e-4, "sparsity": 0.9},
-    "full": {"lr": 2e-5},
-    "bitfit": {"lr": 1e-3},
+# prefix}.sh; docs/fidelity.md cites each line): all three PETL methods train at lr 1e-4; mask_lr
+# and sparsity (ours = 1 - their kept fraction) are per method. full and bitfit are not in the
+# official scripts: their lrs are common choices (RoBERTa paper, BitFit paper).
+# Order = table order: each PETL baseline directly above its ProPETL variant.
+REGISTRY: dict[str, Method] = {
+    "full": Method(None, False, {"lr": 2e-5}, "fine-tune every backbone weight (reference)"),
+    "bitfit": Method(None, False, {"lr": 1e-3}, "fine-tune the backbone's biases only (reference)"),
+    "adapter": Method("adapter", False, {"lr": 1e-4}, "a bottleneck adapter per layer (Pfeiffer placement)"),
+    "propetl-adapter": Method("adapter", True, {"lr": 1e-4, "mask_lr": 3e-3, "sparsity": 0.5},
+                              "one adapter prototype, a learned mask per layer"),
+    "lora": Method("lora", False, {"lr": 1e-4}, "LoRA on the attention projections of every layer"),
+    "propetl-lora": Method("lora", True, {"lr": 1e-4, "mask_lr": 3e-2, "sparsity": 0.9},
+                           "one LoRA prototype per projection, a learned mask per layer"),
+    "prefix": Method("prefix", False, {"lr": 1e-4}, "prefix-tuning: key/value vectors per layer"),
+    "propetl-prefix": Method("prefix", True, {"lr": 1e-4, "mask_lr": 1e-4, "sparsity": 0.9},
+                             "one prefix prototype, a learned mask per layer"),
 }
+METHODS = tuple(REGISTRY)
+PROPETL_METHODS = tuple(name for name, method in REGISTRY.items() if method.propetl)
+PAPER_DEFAULTS: dict[str, dict[str, Any]] = {name: method.paper for name, method in REGISTRY.items()}
 # The official scripts' optimisation setting, shared by the three methods (run_*.sh: --fp16
 # --max_seq_length 128 --per_device_train_batch_size 128 --warmup_ratio 0.1 --weight_decay 0.1
 # --evaluation_strategy epoch, best checkpoint kept; trainer.py decays the mask scores with the
@@ -62,8 +84,37 @@ PAPER_MODULE_DEFAULTS: dict[str, Any] = {"reduction_factor": 12, "lora_r": 32, "
 
 def module_kind(method: str) -> str | None:
     """The PETL module a method inserts (adapter, lora, prefix), or None for full/bitfit."""
-    base = method.removeprefix("propetl-")
-    return base if base in BASELINE_METHODS else None
+    return REGISTRY[method].module
+
+
+def dedicated_method(method: str) -> str | None:
+    """The dedicated baseline a ProPETL method is measured against: same module, unshared, unmasked."""
+    module = REGISTRY[method].module
+    if not REGISTRY[method].propetl or module is None:
+        return None
+    return next(name for name, other in REGISTRY.items() if other.module == module and not other.propetl)
+
+
+# Keys an Optuna search space may tune (propetl.tuning), checked here so that the pipeline
+# can refuse a bad space when it plans a study, without importing optuna or torch.
+TUNABLE = ("lr", "mask_lr", "head_lr", "weight_decay", "mask_weight_decay", "warmup_ratio")
+
+
+def check_search_space(space: dict[str, Any]) -> None:
+    if not space:
+        raise ValueError("search space is empty; give at least one of: " + ", ".join(TUNABLE))
+    for name, spec in space.items():
+        if name not in TUNABLE:
+            raise ValueError(f"search space key {name!r} is not tunable; allowed: {', '.join(TUNABLE)}")
+        if not isinstance(spec, dict) or set(spec) - {"low", "high", "log"} or not {"low", "high"} <= set(spec):
+            raise ValueError(f"search space {name}={spec!r} must be {{low: X, high: Y[, log: true]}}")
+        if not 0 <= spec["low"] < spec["high"] or (spec.get("log") and spec["low"] <= 0):
+            raise ValueError(f"search space {name}: need 0 <= low < high (low > 0 with log), got {spec}")
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A config field with its default and its --help text (the CLI is generated from the fields)."""
+    return field(default=default, metadata={"help": help})
 
 
 def _allowed(name: str, value: Any, allowed: tuple) -> None:
@@ -71,29 +122,32 @@ def _allowed(name: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(str, allowed))}")
 
 
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
 @dataclass
 class PETLConfig:
     """One PETL method and its hyperparameters; validated on construction."""
 
-    method: str
-    sparsity: float | None = None
-    mask_mode: str = "learned"
-    share: str = "layers"
-    mask_seed: int | None = None
-    # adapter
-    reduction_factor: int = PAPER_MODULE_DEFAULTS["reduction_factor"]
-    # lora
-    lora_r: int = PAPER_MODULE_DEFAULTS["lora_r"]
-    lora_alpha: float = PAPER_MODULE_DEFAULTS["lora_alpha"]
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("query", "value")
-    # prefix
-    prefix_length: int = PAPER_MODULE_DEFAULTS["prefix_length"]
-    prefix_mid_dim: int = 512
+    method: str = field(metadata={"help": "PETL method: " + "; ".join(f"{name}: {m.help}" for name, m in REGISTRY.items())})
+    sparsity: float | None = _opt(None, "fraction of mask entries set to ZERO, in [0, 1) (ProPETL methods; default: the method's paper value)")
+    mask_mode: str = _opt("learned", "learned | random (fixed random mask) | none (whole prototype in every layer)")
+    share: str = _opt("layers", "layers (one prototype for all layers) | none (independent masked module per layer)")
+    mask_seed: int | None = _opt(None, "seed of random masks (mask_mode=random); default: drawn from the training seed")
+    reduction_factor: int = _opt(PAPER_MODULE_DEFAULTS["reduction_factor"], "adapter bottleneck = hidden / reduction_factor")
+    lora_r: int = _opt(PAPER_MODULE_DEFAULTS["lora_r"], "LoRA rank")
+    lora_alpha: float = _opt(PAPER_MODULE_DEFAULTS["lora_alpha"], "LoRA alpha (scaling = alpha / r)")
+    lora_dropout: float = _opt(0.0, "dropout on the LoRA input")
+    lora_targets: list[str] = field(default_factory=lambda: ["query", "value"],
+                                    metadata={"help": "attention projections LoRA adapts (query, key, value)"})
+    prefix_length: int = _opt(PAPER_MODULE_DEFAULTS["prefix_length"], "prefix key/value vectors per layer")
+    prefix_mid_dim: int = _opt(512, "hidden size of the prefix reparameterisation MLP")
 
     def __post_init__(self) -> None:
         _allowed("method", self.method, METHODS)
-        self.lora_targets = tuple(self.lora_targets)
+        self.lora_targets = list(self.lora_targets)
         if self.is_propetl:
             _allowed("mask_mode", self.mask_mode, MASK_MODES)
             _allowed("share", self.share, SHARE_MODES)
@@ -113,9 +167,13 @@ class PETLConfig:
                         f"{name}={getattr(self, name)!r} given for method {self.method!r}; only {', '.join(PROPETL_METHODS)} take a {name}"
                     )
         for name in ("reduction_factor", "lora_r", "prefix_length", "prefix_mid_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+            _positive_int(name, getattr(self, name))
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha={self.lora_alpha!r} must be positive")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout={self.lora_dropout!r} must be in [0, 1)")
+        if self.mask_seed is not None and (not isinstance(self.mask_seed, int) or self.mask_seed < 0):
+            raise ValueError(f"mask_seed={self.mask_seed!r} must be a non-negative integer")
         bad = [t for t in self.lora_targets if t not in ("query", "key", "value")]
         if bad or not self.lora_targets:
             raise ValueError(f"lora_targets={list(self.lora_targets)!r} not supported; allowed: query, key, value")
@@ -137,9 +195,7 @@ class PETLConfig:
         return self.is_propetl and self.share == "layers"
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["lora_targets"] = list(self.lora_targets)
-        return data
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PETLConfig":
@@ -148,10 +204,6 @@ class PETLConfig:
         if unknown:
             raise ValueError(f"unknown PETL config keys {unknown}; allowed: {sorted(known)}")
         return cls(**data)
-
-
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -187,3 +239,30 @@ class TrainConfig:
     threads: int | None = _opt(None, "torch intra-op threads (default: torch's)")
     keep_checkpoints: bool = _opt(False, "keep checkpoints/ after the run finished")
     logging_steps: int = _opt(10, "log the training loss every N steps")
+
+    def __post_init__(self) -> None:
+        """Fail on values no run could use, before anything is loaded (the pipeline plans with this too)."""
+        for name in ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "logging_steps"):
+            _positive_int(name, getattr(self, name))
+        for name in ("max_steps", "max_length", "max_train", "max_val", "max_test", "threads"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        for name in ("seed", "data_seed"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a non-negative integer")
+        _allowed("eval_strategy", self.eval_strategy, EVAL_STRATEGIES)
+        if self.eval_strategy == "steps" and self.max_steps is not None and self.eval_every > self.max_steps:
+            raise ValueError(f"eval_every={self.eval_every} exceeds max_steps={self.max_steps}: no validation would pick the checkpoint")
+        if not self.epochs > 0:
+            raise ValueError(f"epochs={self.epochs} must be positive")
+        for name in ("lr", "mask_lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}={value} must be positive")
+        for name in ("weight_decay", "mask_weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 both set; choose one autocast precision")

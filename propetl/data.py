@@ -44,15 +44,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
-from transformers import PreTrainedTokenizerBase
 
 from propetl import resources
 from propetl.atomic import atomic_dir
-from propetl.backbones import load_tokenizer, model_identity
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict, Features
+    from transformers import PreTrainedTokenizerBase
+
+# datasets, transformers and the backbones (torch) are imported where data is loaded, not here:
+# the pipeline reads the task registry (TASKS) when it plans a study, which must stay fast.
 
 SPLITS = ("train", "validation", "test")
 GLUE_DIR_ENV = "PROPETL_GLUE_DIR"
@@ -94,6 +99,8 @@ class TaskSpec:
         return ["text_a", "text_b"][: len(self.text_fields)]
 
     def features(self) -> Features:
+        from datasets import ClassLabel, Features, Value
+
         label = Value("float32") if self.is_regression else ClassLabel(names=list(self.label_names))
         return Features({**{c: Value("string") for c in self.columns}, "label": label})
 
@@ -134,6 +141,8 @@ def _random_split(frame: pd.DataFrame, n_test: int, n_validation: int, data_seed
 
 def _to_dataset_dict(spec: TaskSpec, frames: Mapping[str, pd.DataFrame]) -> DatasetDict:
     """Build the splits, dropping from train/validation whatever a later split also holds."""
+    from datasets import Dataset, DatasetDict
+
     later: set[str] = set()
     kept = {}
     for split in reversed(SPLITS):
@@ -194,6 +203,8 @@ def _read_glue(config: str, split: str, glue_dir: str | os.PathLike | None) -> p
     if glue_dir:
         return _read_table(Path(glue_dir) / config / f"{split}.jsonl")
     try:
+        import datasets
+
         return datasets.load_dataset("nyu-mll/glue", config, split=split).to_pandas()
     except Exception as err:
         raise RuntimeError(
@@ -350,6 +361,8 @@ def prepare_task(task: str, model: str, out_dir: str | os.PathLike, *, data_seed
     An existing ``out_dir`` whose ``prepared.json`` matches the request is reused; any other is
     replaced atomically (:func:`propetl.atomic.atomic_dir`): a crash never leaves a half-written one.
     """
+    from propetl.backbones import load_tokenizer, model_identity
+
     out_dir = Path(out_dir)
     spec, _ = _resolve(task, options)
     request = json.loads(json.dumps({
@@ -377,5 +390,7 @@ def _matches(info: dict, request: dict) -> bool:
 
 
 def load_prepared(path: str | os.PathLike) -> tuple[DatasetDict, dict]:
+    from datasets import DatasetDict
+
     path = Path(path)
     return DatasetDict.load_from_disk(str(path)), json.loads((path / "prepared.json").read_text())

@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 
 from propetl.artifacts import load_masks
 from propetl.atomic import atomic_write
-from propetl.config import PAPER_DEFAULTS, PROPETL_METHODS, module_kind
+from propetl.runs import RunFiles
+from propetl.config import PAPER_DEFAULTS, PROPETL_METHODS, dedicated_method
 from propetl.tables import HEADLINE, budget_gaps, cell_summary, collect_runs, has_budget_ladder, label_rank
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
@@ -140,9 +141,9 @@ def plot_score_vs_sparsity(cells: pd.DataFrame) -> Figure:
                 ax.fill_between(cell["sparsity"], cell[MEAN] - std, cell[MEAN] + std, color=bars.lines[0].get_color(),
                                 alpha=0.2)
             # references without a sparsity: the dedicated baseline, and the prototype without masks
-            references = pd.concat([here[here["method"] == module_kind(method)], ours[ours["sparsity"].isna()]])
+            references = pd.concat([here[here["method"] == dedicated_method(method)], ours[ours["sparsity"].isna()]])
             for (_, ref), style in zip(references.iterrows(), itertools.cycle(["--", ":", "-."])):
-                kind = "baseline" if ref["method"] == module_kind(method) else "no masks"
+                kind = "baseline" if ref["method"] == dedicated_method(method) else "no masks"
                 line = ax.axhline(ref[MEAN], color="k", linestyle=style, linewidth=1, label=f"{ref['label']} ({kind})")
                 if ref["n_seeds"] > 1:
                     ax.axhspan(ref[MEAN] - ref[STD], ref[MEAN] + ref[STD], color=line.get_color(), alpha=0.1)
@@ -245,7 +246,7 @@ def mask_run(runs: pd.DataFrame, results_root: Path) -> pd.Series | None:
     the sparsity closest to that method's paper default, then the first task and seed.
     """
     candidates = runs[runs["method"].isin(PROPETL_METHODS) & runs["sparsity"].notna()]  # mask_mode none: no masks
-    candidates = candidates[[(results_root / d / "artifact").is_dir() for d in candidates["run_dir"]]]
+    candidates = candidates[[RunFiles(results_root / d).artifact.is_dir() for d in candidates["run_dir"]]]
     if candidates.empty:
         return None
     label = min(candidates["label"].unique(), key=label_rank)
@@ -277,7 +278,7 @@ def write_figures(
     run = mask_run(runs, root)
     if run is not None:
         title = f"{run['label']} · {run['task']} · s={run['sparsity']:g} · seed {run['seed']}"
-        masks = load_masks(root / run["run_dir"] / "artifact")
+        masks = load_masks(RunFiles(root / run["run_dir"]).artifact)
         written += save_figure(plot_mask_overlap(masks, title), out / "mask_overlap")
     else:
         _drop(out / "mask_overlap")

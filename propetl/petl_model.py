@@ -8,27 +8,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from .architectures import architecture_of, encoder_layers
 from .config import PETLConfig
 from .masks import Mask
 from .modules import SPECS, ModuleSpec
 from .prototype import Prototype, PrototypeLayer
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta")
 PROTOTYPES_ATTR = "petl_prototypes"
-
-
-def check_backbone(model: PreTrainedModel) -> None:
-    """Fail at once, before any work, on architectures whose layer layout we do not know."""
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"unsupported architecture {model_type!r} ({type(model).__name__}); "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (BERT and RoBERTa families)"
-        )
-
-
-def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    return model.base_model.encoder.layer
 
 
 def head_modules(model: PreTrainedModel) -> dict[str, nn.Module]:
@@ -37,10 +23,11 @@ def head_modules(model: PreTrainedModel) -> dict[str, nn.Module]:
     BERT's pooler was trained for next-sentence prediction, not for the task, so
     it counts as part of the head (RoBERTa's classifier has its own dense layer).
     """
-    heads = {"classifier": model.classifier}
-    pooler = getattr(model.base_model, "pooler", None)
+    arch = architecture_of(model)
+    heads = {arch.classifier: model.get_submodule(arch.classifier)}
+    pooler = getattr(model.base_model, arch.pooler, None) if arch.pooler else None
     if pooler is not None:
-        heads[f"{model.base_model_prefix}.pooler"] = pooler
+        heads[f"{model.base_model_prefix}.{arch.pooler}"] = pooler
     return heads
 
 
@@ -61,7 +48,7 @@ def _insert_modules(model: PreTrainedModel, config: PETLConfig) -> None:
     layers = encoder_layers(model)
     copies = 1 if config.shared else len(layers)
     prototypes = nn.ModuleDict()
-    for site_index, (site, path) in enumerate(spec.sites(config).items()):
+    for site_index, (site, path) in enumerate(spec.sites(config, architecture_of(model)).items()):
         prototype = spec.prototype(config, model.config, copies)
         prototypes[site] = prototype
         parent_path, _, attr = path.rpartition(".")
@@ -78,7 +65,7 @@ def apply_petl(model: PreTrainedModel, config: PETLConfig) -> PreTrainedModel:
 
     The head (see :func:`head_modules`) stays trainable for every method.
     """
-    check_backbone(model)
+    architecture_of(model)  # unsupported families fail before any change
     if hasattr(model, PROTOTYPES_ATTR) or getattr(model, "petl_config", None) is not None:
         raise ValueError("apply_petl was already called on this model")
     model.requires_grad_(config.method == "full")
@@ -110,7 +97,7 @@ def prototype_layers(model: nn.Module) -> dict[str, PrototypeLayer]:
     config = petl_config_of(model)
     if config.module_kind is None:
         return {}
-    sites = SPECS[config.module_kind].sites(config)
+    sites = SPECS[config.module_kind].sites(config, architecture_of(model))
     return {
         f"layer.{index}.{site}": layer.get_submodule(path)
         for index, layer in enumerate(encoder_layers(model))

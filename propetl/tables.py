@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from propetl import runs as layout
 from propetl.atomic import write_text
-from propetl.config import PAPER_DEFAULTS
+from propetl.config import METHODS, PAPER_DEFAULTS, dedicated_method
 
-# Paper-table row order: each PETL baseline directly above its ProPETL variant.
-METHOD_ORDER = ("full", "bitfit", "adapter", "propetl-adapter", "lora", "propetl-lora", "prefix", "propetl-prefix")
 CELL_KEYS = ["task", "label", "method", "sparsity"]
 HEADLINE = "test_combined_score"
 STORED_COL = "stored params (%)"
@@ -58,9 +57,9 @@ def collect_runs(results_root: str | Path, run_dirs: Sequence[str | Path] | None
     """
     root = _absolute(results_root)  # not resolve(): runs/ may be a symlink to scratch space
     if run_dirs is None:
-        paths = sorted(root.glob("runs/*/*/s*/seed*/metrics.json"))
+        paths = sorted(root.glob(layout.RUN_METRICS_GLOB))
     else:
-        paths = sorted({_absolute(run if Path(run).name == "metrics.json" else Path(run) / "metrics.json") for run in run_dirs})
+        paths = sorted({_absolute(run if Path(run).name == layout.METRICS else Path(run) / layout.METRICS) for run in run_dirs})
         for path in paths:
             if not path.is_file():
                 raise FileNotFoundError(f"run {path.parent} has no metrics.json (unfinished or not a run directory)")
@@ -102,8 +101,9 @@ def row_name(label: str, sparsity: float | None) -> str:
 
 
 def label_rank(label: str) -> tuple[int, str]:
-    """Sort key putting labels in METHOD_ORDER, every other label (ablations) after, alphabetically."""
-    return (METHOD_ORDER.index(label) if label in METHOD_ORDER else len(METHOD_ORDER), label)
+    """Sort key putting method labels in registry order (each baseline above its ProPETL variant),
+    every other label (ablations) after, alphabetically."""
+    return (METHODS.index(label) if label in METHODS else len(METHODS), label)
 
 
 def _ordered_cells(runs: pd.DataFrame) -> pd.DataFrame:
@@ -228,8 +228,8 @@ def budget_gaps(runs: pd.DataFrame) -> pd.DataFrame:
     frame = _main_method_runs(runs).assign(score=lambda r: r[HEADLINE] * 100.0)
     rows = []
     for method in sorted(frame["method"].unique()):
-        dedicated = method.removeprefix("propetl-")
-        if dedicated == method or not (frame["method"] == dedicated).any():
+        dedicated = dedicated_method(method)
+        if dedicated is None or not (frame["method"] == dedicated).any():
             continue
         pair = frame[frame["method"].isin([method, dedicated])]
         wide = pair.pivot_table(index=["task", "max_steps", "seed"], columns="method", values="score").dropna()
@@ -264,13 +264,13 @@ def write_tables(
     published_csv: str | Path | None = None,
     run_dirs: Sequence[str | Path] | None = None,
 ) -> list[Path]:
-    """Write runs.csv, cells.csv, paper_table.{csv,md,tex}, when any overlap published_vs_ours.csv,
-    and for a budget ladder (:func:`has_budget_ladder`) budget.csv and budget_gap.{csv,md}.
+    """Write runs.csv, cells.csv, paper_table.{csv,md,tex}, published_vs_ours.csv, and for a budget
+    ladder (:func:`has_budget_ladder`) budget.csv and budget_gap.{csv,md}.
 
-    ``published_csv`` defaults to ``<results_root>/published/propetl_table1.csv``
-    when that file exists. Without overlap published_vs_ours.csv is not written and
-    a stale one from an earlier call is removed, so the directory never shows a
-    comparison the current results do not support. ``run_dirs``: see :func:`collect_runs`.
+    ``published_csv`` defaults to ``<results_root>/published/propetl_table1.csv``.
+    published_vs_ours.csv is written whenever that file exists (only a header when no
+    run matches a published cell, so the pipeline can declare it as an output) and a
+    stale one removed when it does not. ``run_dirs``: see :func:`collect_runs`.
     """
     root, out = Path(results_root), Path(out_dir)
     runs = collect_runs(root, run_dirs)
@@ -284,11 +284,10 @@ def write_tables(
     ]
     published_csv = Path(published_csv) if published_csv else root / "published" / "propetl_table1.csv"
     comparison_path = out / "published_vs_ours.csv"
-    comparison = published_comparison(runs, published_csv) if published_csv.exists() else pd.DataFrame()
-    if comparison.empty:
+    if published_csv.exists():
+        written.append(write_text(comparison_path, published_comparison(runs, published_csv).to_csv(index=False)))
+    else:  # never leave a comparison with numbers the results root no longer has
         comparison_path.unlink(missing_ok=True)
-    else:
-        written.append(write_text(comparison_path, comparison.to_csv(index=False)))
     budget_files = [out / "budget.csv", out / "budget_gap.csv", out / "budget_gap.md"]
     if has_budget_ladder(runs):
         gaps = budget_gaps(runs)

@@ -38,10 +38,10 @@ from .metrics import compute_metrics
 from .petl_model import apply_petl, head_modules, layer_masks, parameters_of
 from .backbones import load_model, load_tokenizer, model_identity
 from .provenance import provenance
+from .runs import RunFiles
 from .storage import storage_report
 
 log = logging.getLogger("propetl.train")
-EVAL_STRATEGIES = ("steps", "epoch")
 
 
 def resolve(train: TrainConfig, petl: PETLConfig) -> TrainConfig:
@@ -163,7 +163,7 @@ def _setup_logging(out: Path) -> None:
         for name in _LOGGERS:
             logging.getLogger(name).removeHandler(_log_handler)
         _log_handler.close()
-    _log_handler = logging.FileHandler(out / "train.log")
+    _log_handler = logging.FileHandler(RunFiles(out).log)
     _log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in _LOGGERS:
         logger = logging.getLogger(name)
@@ -186,28 +186,6 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _check(train: TrainConfig) -> None:
-    """Fail before loading anything on values no run could use."""
-    for name in ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "logging_steps"):
-        if getattr(train, name) <= 0:
-            raise ValueError(f"{name}={getattr(train, name)} must be a positive integer")
-    if train.max_steps is not None and train.max_steps <= 0:
-        raise ValueError(f"max_steps={train.max_steps} must be a positive integer")
-    if train.eval_strategy not in EVAL_STRATEGIES:
-        raise ValueError(f"eval_strategy={train.eval_strategy!r} is not supported; allowed: {', '.join(EVAL_STRATEGIES)}")
-    if train.eval_strategy == "steps" and train.max_steps is not None and train.eval_every > train.max_steps:
-        raise ValueError(f"eval_every={train.eval_every} exceeds max_steps={train.max_steps}: no validation would pick the checkpoint")
-    if train.epochs <= 0:
-        raise ValueError(f"epochs={train.epochs} must be positive")
-    for name in ("lr", "mask_lr", "head_lr"):
-        value = getattr(train, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"{name}={value} must be positive")
-    if not 0 <= train.warmup_ratio < 1:
-        raise ValueError(f"warmup_ratio={train.warmup_ratio} must be in [0, 1)")
-    get_task_spec(train.task)
-
-
 @dataclass
 class Fitted:
     """A trained model with its best checkpoint loaded, and what evaluation needs."""
@@ -223,16 +201,17 @@ class Fitted:
 
 def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[TrainerCallback] = ()) -> Fitted:
     """Train (or resume) and load the checkpoint with the best validation combined_score."""
-    _check(train_config)
+    get_task_spec(train_config.task)  # an unknown task fails before anything is loaded
     cfg = resolve(train_config, petl_config)
     out = Path(cfg.out)
+    files = RunFiles(out)
     out.mkdir(parents=True, exist_ok=True)
     _setup_logging(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
     prepared = cfg.prepared or prepare_task(
-        cfg.task, cfg.model, out / "data", data_seed=cfg.data_seed, max_length=cfg.max_length,
+        cfg.task, cfg.model, files.data, data_seed=cfg.data_seed, max_length=cfg.max_length,
         max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test,
     )
     data, info = load_prepared(prepared)
@@ -246,7 +225,7 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         return compute_metrics(info["metrics"], np.squeeze(logits, -1) if info["num_labels"] == 1 else logits, prediction.label_ids)
 
-    checkpoints = out / "checkpoints"
+    checkpoints = files.checkpoints
     args = TrainingArguments(
         output_dir=str(checkpoints),
         max_steps=cfg.max_steps or -1,
@@ -277,7 +256,7 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
         report_to=[],
         disable_tqdm=False,
     )
-    history = out / "history.jsonl"
+    history = files.history
     _discard_foreign_checkpoints(checkpoints, cfg, petl_config)
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if resume is None:
@@ -303,14 +282,14 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
 def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
     """Run (or resume) one training run and return its metrics (also written to metrics.json)."""
     fitted = fit(train_config, petl_config)
-    cfg, trainer, out = fitted.config, fitted.trainer, Path(fitted.config.out)
+    cfg, trainer, files = fitted.config, fitted.trainer, RunFiles(Path(fitted.config.out))
     model = trainer.model
     best_step = _best_step(trainer.state.best_model_checkpoint)
-    val = _validation_at(out / "history.jsonl", best_step)
+    val = _validation_at(files.history, best_step)
     test = _strip(trainer.evaluate(fitted.data["test"], metric_key_prefix="test"), "test_")
     model.eval()
     backbone = model_identity(cfg.model)
-    artifact = save_petl(model, out / "artifact", backbone=backbone)
+    artifact = save_petl(model, files.artifact, backbone=backbone)
     report = storage_report(model)
     metrics_out = {
         "task": cfg.task,
@@ -335,10 +314,10 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
         "peak_memory_mb": _peak_memory_mb(),
         "split_sizes": fitted.info["split_sizes"],
     }
-    write_json(out / "provenance.json", provenance({"train": dataclasses.asdict(cfg), "petl": petl_config.to_dict(), "backbone": backbone, "data": fitted.info}))
+    write_json(files.provenance, provenance({"train": dataclasses.asdict(cfg), "petl": petl_config.to_dict(), "backbone": backbone, "data": fitted.info}))
     if not cfg.keep_checkpoints:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    write_json(out / "metrics.json", metrics_out)
+        shutil.rmtree(files.checkpoints, ignore_errors=True)
+    write_json(files.metrics, metrics_out)
     log.info("finished: val %s test %s", val, test)
     return metrics_out
 

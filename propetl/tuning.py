@@ -18,25 +18,12 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from transformers import TrainerCallback
 
+from . import runs
 from .atomic import write_json
-from .config import PETLConfig
-from .config import TrainConfig
+from .config import PETLConfig, TrainConfig, check_search_space
 from .training import fit
 
-TUNABLE = ("lr", "mask_lr", "head_lr", "weight_decay", "mask_weight_decay", "warmup_ratio")
 PRUNERS = ("median", "hyperband", "none")
-
-
-def check_search_space(space: dict[str, Any]) -> None:
-    if not space:
-        raise ValueError("search space is empty; give at least one of: " + ", ".join(TUNABLE))
-    for name, spec in space.items():
-        if name not in TUNABLE:
-            raise ValueError(f"search space key {name!r} is not tunable; allowed: {', '.join(TUNABLE)}")
-        if not isinstance(spec, dict) or set(spec) - {"low", "high", "log"} or not {"low", "high"} <= set(spec):
-            raise ValueError(f"search space {name}={spec!r} must be {{low: X, high: Y[, log: true]}}")
-        if not 0 <= spec["low"] < spec["high"] or (spec.get("log") and spec["low"] <= 0):
-            raise ValueError(f"search space {name}: need 0 <= low < high (low > 0 with log), got {spec}")
 
 
 def _pruner(name: str) -> optuna.pruners.BasePruner:
@@ -87,7 +74,7 @@ def tune(
     )
     # A resumed study must not replay the first suggestions: offset the seed by the trials it has.
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + len(_finished(study.trials)), n_startup_trials=2)
-    trials_dir = storage.parent / "trials"
+    trials_dir = storage.parent / runs.TRIALS
 
     def objective(trial: optuna.Trial) -> float:
         overrides = {name: trial.suggest_float(name, spec["low"], spec["high"], log=bool(spec.get("log"))) for name, spec in search_space.items()}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
+ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {"bert": (BertConfig, BertForSequenceClassification), "roberta": (RobertaConfig, RobertaForSequenceClassification)}
 
 

@@ -159,15 +159,18 @@ def test_published_comparison_matches_main_entries_by_method_and_task(runs):
     assert len(comparison) == 4  # 2 tasks x 2 sparsities
 
 
-def test_write_tables_without_overlap_writes_no_comparison_and_drops_a_stale_one(tmp_path):
+def test_without_overlap_the_comparison_is_a_header_and_without_published_numbers_it_is_gone(tmp_path):
+    # a declared output of the pipeline's tables rule: always written while the published file exists
     only_lora = tmp_path / "published.csv"
     published = pd.read_csv(PUBLISHED)
     published[published["method"] == "propetl-lora"].to_csv(only_lora, index=False)
-    stale = tmp_path / "out" / "published_vs_ours.csv"
-    stale.parent.mkdir()
-    stale.write_text("old\n")
-    written = tables.write_tables(FIXTURE, tmp_path / "out", published_csv=only_lora)
-    assert stale not in written and not stale.exists()
+    comparison = tmp_path / "out" / "published_vs_ours.csv"
+    comparison.parent.mkdir()
+    comparison.write_text("old\n")
+    assert comparison in tables.write_tables(FIXTURE, tmp_path / "out", published_csv=only_lora)
+    assert pd.read_csv(comparison).empty and "ours_minus_published" in comparison.read_text()
+    written = tables.write_tables(FIXTURE, tmp_path / "out", published_csv=tmp_path / "missing.csv")
+    assert comparison not in written and not comparison.exists()
 
 
 def test_published_numbers_are_transcribed_consistently():

@@ -1,7 +1,7 @@
 """The three PETL modules, each described by a :class:`ModuleSpec`.
 
 A spec tells :func:`propetl.petl_model.apply_petl` where the module goes in a
-BERT/RoBERTa layer (its *sites*), what its prototype holds, which of those
+layer (its *sites*, named by role in :mod:`propetl.architectures`), what its prototype holds, which of those
 tensors get masks, and which ``nn.Module`` wraps the original sub-module.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import PretrainedConfig
 
+from ..architectures import Architecture
 from ..config import PETLConfig
 from ..masks import Mask
 from ..prototype import Prototype, PrototypeLayer
@@ -20,8 +21,8 @@ from ..prototype import Prototype, PrototypeLayer
 
 @dataclass(frozen=True)
 class ModuleSpec:
-    sites: Callable[[PETLConfig], dict[str, str]]
-    """Site name -> dotted path, relative to one encoder layer, of the sub-module to wrap."""
+    sites: Callable[[PETLConfig, Architecture], dict[str, str]]
+    """Site name -> dotted path, relative to one encoder layer, of the sub-module to wrap (from the family's table)."""
     prototype: Callable[[PETLConfig, PretrainedConfig, int], Prototype]
     """Builds the prototype for one site with the given number of copies."""
     masked: tuple[str, ...]

@@ -57,7 +57,7 @@ def _prototype(config: PETLConfig, model_config: PretrainedConfig, copies: int) 
 
 
 SPEC = ModuleSpec(
-    sites=lambda config: {"ffn": "output"},
+    sites=lambda config, arch: {"ffn": arch.ffn_output},
     prototype=_prototype,
     masked=("down", "up"),
     wrap=Adapter,

@@ -41,7 +41,7 @@ def _prototype(config: PETLConfig, model_config: PretrainedConfig, copies: int) 
 
 
 SPEC = ModuleSpec(
-    sites=lambda config: {target: f"attention.self.{target}" for target in config.lora_targets},
+    sites=lambda config, arch: {target: f"{arch.self_attention}.{target}" for target in config.lora_targets},
     prototype=_prototype,
     masked=("A", "B"),
     wrap=LoRALinear,

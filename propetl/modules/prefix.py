@@ -125,7 +125,7 @@ def _prototype(config: PETLConfig, model_config: PretrainedConfig, copies: int) 
 
 
 SPEC = ModuleSpec(
-    sites=lambda config: {"attn": "attention.self"},
+    sites=lambda config, arch: {"attn": arch.self_attention},
     prototype=_prototype,
     masked=("prefix",),
     wrap=PrefixAttention,

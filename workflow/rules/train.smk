@@ -8,7 +8,7 @@ rule train:
         data=rules.prepare.output,
         params=best_params,
     output:
-        results("runs/{task}/{label}/s{sparsity}/seed{seed}/metrics.json"),
+        results(f"{layout.run_dir('{task}', '{label}', '{sparsity}', '{seed}')}/{layout.METRICS}"),
     params:
         flags=train_flags,
         tuned=lambda wildcards, input: f"--params {input.params}" if input.params else "",

@@ -7,10 +7,10 @@ rule tune:
     input:
         data=rules.prepare.output,
     output:
-        results("tuning/{task}/{label}/s{sparsity}/best_params.json"),
+        results(f"{layout.tuning_dir('{task}', '{label}', '{sparsity}')}/{layout.BEST_PARAMS}"),
     params:
         flags=tune_flags,
-        journal=results("tuning/{task}/{label}/s{sparsity}/journal.log"),
+        journal=results(f"{layout.tuning_dir('{task}', '{label}', '{sparsity}')}/{layout.JOURNAL}"),
     log:
         results("logs/tune/{task}/{label}/s{sparsity}.log"),
     benchmark:

@@ -1,0 +1,81 @@
+"""The layout of a results root and of one run directory: the one place that spells it.
+
+A results root holds ``runs/{task}/{label}/s{sparsity}/seed{seed}/`` (``s-`` for methods
+without a sparsity) and ``tuning/{task}/{label}/s{sparsity}/``. A run directory holds
+``metrics.json`` (written last and atomically: its presence means the run finished),
+``history.jsonl`` (one line per validation pass), ``artifact/`` (the saved PETL modules),
+``provenance.json``, ``train.log``, ``data/`` (the tokenised task, unless shared) and
+``checkpoints/`` while it trains. Training writes these names, the pipeline plans them and
+the tables read them, all through this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+METRICS = "metrics.json"
+HISTORY = "history.jsonl"
+ARTIFACT = "artifact"
+PROVENANCE = "provenance.json"
+TRAIN_LOG = "train.log"
+DATA = "data"
+CHECKPOINTS = "checkpoints"
+BEST_PARAMS = "best_params.json"
+JOURNAL = "journal.log"
+TRIALS = "trials"
+
+
+def sparsity_dir(sparsity: float | str | None) -> str:
+    """The folder of a sparsity: ``s0.5``, ``s-`` for methods without one (a wildcard string passes through)."""
+    if isinstance(sparsity, str):
+        return f"s{sparsity}"
+    return "s-" if sparsity is None else f"s{float(sparsity):g}"
+
+
+def run_dir(task: str, label: str, sparsity: float | str | None, seed: int | str) -> str:
+    """A run's directory relative to the results root."""
+    return f"runs/{task}/{label}/{sparsity_dir(sparsity)}/seed{seed}"
+
+
+def tuning_dir(task: str, label: str, sparsity: float | str | None) -> str:
+    """An Optuna study's directory relative to the results root (best_params.json, journal.log)."""
+    return f"tuning/{task}/{label}/{sparsity_dir(sparsity)}"
+
+
+RUN_METRICS_GLOB = f"{run_dir('*', '*', '*', '*')}/{METRICS}"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one run directory."""
+
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY
+
+    @property
+    def artifact(self) -> Path:
+        return self.root / ARTIFACT
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / PROVENANCE
+
+    @property
+    def log(self) -> Path:
+        return self.root / TRAIN_LOG
+
+    @property
+    def data(self) -> Path:
+        return self.root / DATA
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS

@@ -1,0 +1,372 @@
+"""A study config loaded, validated once, and expanded into the jobs that run it.
+
+The Snakemake workflow is wiring around this module (workflow/rules/common.smk): every
+rule asks the :class:`Study` for its paths, command-line flags and resources. A bad config
+stops before any job with ONE line naming the key:
+
+* the JSON schema (workflow/schemas/config.schema.yaml) checks shape and types and fills
+  defaults;
+* the values are checked by building what a job would build: a ``TrainConfig`` per task
+  (and for the tuning trials), a ``PETLConfig`` per grid entry and sparsity, each search
+  space; their ``ValueError`` becomes the config error. No rule is written twice.
+
+Nothing here imports torch: planning a study (``snakemake -n``) stays fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from . import runs
+from .config import PROPETL_METHODS, REGISTRY, PETLConfig, TrainConfig, check_search_space
+from .data import TASKS
+
+DATA_KEYS = ("max_train", "max_val", "max_test", "max_length")
+PETL_KEYS = tuple(f.name for f in dataclasses.fields(PETLConfig))
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+# Job sizes when a study's `resources` does not set them (runtime in minutes; gpu > 0 asks a
+# scheduler for GPUs). The only place these defaults live.
+RESOURCE_DEFAULTS: dict[str, dict[str, int]] = {
+    "prepare": {"threads": 1, "mem_mb": 4000, "runtime": 30, "gpu": 0},
+    "tune": {"threads": 1, "mem_mb": 4000, "runtime": 180, "gpu": 0},
+    "train": {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0},
+    "aggregate": {"threads": 1, "mem_mb": 2000, "runtime": 10, "gpu": 0},
+}
+
+
+class StudyError(ValueError):
+    """An invalid study config; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One train job: a grid entry at one sparsity on one task with one seed."""
+
+    task: str  # the task's slug (folder name)
+    label: str
+    sparsity: str  # folder form: "0.5", or "-" for methods without one
+    seed: int
+
+    @property
+    def dir(self) -> str:
+        return runs.run_dir(self.task, self.label, self.sparsity, self.seed)
+
+
+def typed(value: Any) -> Any:
+    """A ``--config`` value typed as in a config file.
+
+    Snakemake reads values nested in ``--config`` dicts and lists with YAML's BaseLoader, so
+    ``--config seeds=[1,2]`` arrives as ``["1", "2"]``; read each string again as YAML.
+    """
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    if isinstance(value, str) and value:
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def _where(path) -> str:
+    """A JSON path as a config key, e.g. ``methods[3].sparsity``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "top level"
+
+
+def _allowed_keys(schema: dict, sub: dict) -> list[str]:
+    keys = list(sub.get("properties", {}))
+    ref = sub.get("$ref", "").removeprefix("#/$defs/")
+    if ref:
+        keys += _allowed_keys(schema, schema["$defs"][ref])
+    return keys
+
+
+def check_schema(config: dict, schema: dict) -> None:
+    """The schema's verdict as one line (its most relevant error only)."""
+    error = best_match(Draft202012Validator(schema).iter_errors(config))
+    if error is None:
+        return
+    where = _where(error.absolute_path)
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        allowed = _allowed_keys(schema, error.schema)
+        unknown = sorted(set(error.instance) - set(allowed))
+        raise StudyError(f"config: unknown key {', '.join(map(repr, unknown))} in {where}; allowed: {', '.join(allowed)}")
+    hint = error.schema.get("description") if isinstance(error.schema, dict) else None
+    raise StudyError(f"config: {where}: {error.message}" + (f" ({hint})" if hint else ""))
+
+
+def _fill_defaults(value: Any, schema: dict, root: dict) -> Any:
+    """The schema's ``default`` values filled in wherever the config leaves a key out."""
+    if "$ref" in schema:
+        schema = {**root["$defs"][schema["$ref"].removeprefix("#/$defs/")], **{k: v for k, v in schema.items() if k != "$ref"}}
+    if isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                value[key] = _fill_defaults(value[key], sub, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in set(value) - set(schema.get("properties", {})):
+                value[key] = _fill_defaults(value[key], extra, root)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_fill_defaults(item, schema["items"], root) for item in value]
+    return value
+
+
+def _fail(message: str) -> None:
+    raise StudyError(f"config: {message}")
+
+
+def _checked(where: str, build, *args, **kwargs):
+    """Build a config object; its ValueError becomes a config error at ``where``."""
+    try:
+        return build(*args, **kwargs)
+    except (TypeError, ValueError) as error:
+        _fail(f"{where}: {error}")
+
+
+def flags(values: Mapping[str, Any]) -> str:
+    """``{"max_steps": 10, "bf16": False}`` -> ``--max-steps 10 --bf16 false`` (None values left out)."""
+    parts = []
+    for key, value in values.items():
+        flag = f"--{key.replace('_', '-')}"
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            parts.append(flag if value else f"{flag} false")
+        elif isinstance(value, list):
+            parts.append(" ".join([flag, *map(shlex.quote, map(str, value))]))
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+class Study:
+    """A validated study: its tasks, grid entries, tuning and resources, and every job's command line.
+
+    ``config`` is the merged study config (file and overrides), as plain data; ``schema``
+    the study schema. Raises :class:`StudyError` on the first problem.
+    """
+
+    def __init__(self, config: dict, schema: dict):
+        config = copy.deepcopy(config)
+        check_schema(config, schema)
+        self.config = _fill_defaults(config, schema, schema)
+        self.tasks = {name: dict(options or {}) for name, options in self.config["tasks"].items()}
+        self.tuning = self.config["tuning"]
+        top_level = [("seeds", "seed", seed) for seed in self.config["seeds"]] + [
+            ("tuning.seed", "seed", self.tuning["seed"]), ("data_seed", "data_seed", self.config["data_seed"]),
+            ("max_length", "max_length", self.config["max_length"])]
+        for where, name, value in top_level:  # values a TrainConfig takes are checked by it
+            if value is not None:
+                _checked(where, TrainConfig, **{name: value})
+        self.task_slugs = self._check_tasks()
+        self.task_names = {slug: name for name, slug in self.task_slugs.items()}
+        self.entries = self._check_entries()
+
+    @classmethod
+    def from_files(cls, config_file: str | Path, schema_file: str | Path, overrides: dict | None = None) -> "Study":
+        """A config file with ``--config``-style overrides on top (what Snakemake does)."""
+        config = yaml.safe_load(Path(config_file).read_text())
+        config.update(typed(overrides or {}))
+        return cls(config, yaml.safe_load(Path(schema_file).read_text()))
+
+    # ------------------------------------------------------------ validation
+
+    def _check_tasks(self) -> dict[str, str]:
+        """Task name -> its slug in paths (registered name, or the file's stem)."""
+        slugs: dict[str, str] = {}
+        for name in self.tasks:
+            if name in TASKS:
+                slug = name
+            elif Path(name).is_file():
+                slug = Path(name).stem
+            else:
+                _fail(f"tasks: unknown task {name!r}; allowed: {', '.join(TASKS)}, or a path to an existing .csv/.jsonl/.parquet file")
+            if slug in slugs.values():
+                _fail(f"tasks: {name!r} would share the result folder {slug!r} with another task; rename the file")
+            slugs[name] = slug
+        for name in self.tasks:
+            for where, training in (("tasks", self.task_training(name)), ("tuning.training", self.tune_training(name))):
+                self._check_training(where, name, training)
+        return slugs
+
+    def _check_training(self, where: str, task: str, values: dict) -> None:
+        """A task's training keys as a TrainConfig; the error names the section the bad key came from."""
+        try:
+            TrainConfig(**values, **{k: self.tasks[task].get(k) for k in DATA_KEYS if self.tasks[task].get(k)})
+        except (TypeError, ValueError) as error:
+            key = str(error).split("=", 1)[0]
+            section = (f"tasks.{task}" if key in self.tasks[task] else
+                       "tuning.training" if where == "tuning.training" and key in self.tuning["training"] else "training")
+            _fail(f"{section}.{key}: {error}")
+
+    def _check_entries(self) -> dict[str, dict]:
+        labels = [entry["label"] for entry in self.config["methods"]]
+        for label in labels:
+            if labels.count(label) > 1:
+                _fail(f"methods: label {label!r} is used twice; labels name result folders and must be unique")
+        for i, entry in enumerate(self.config["methods"]):
+            self._check_entry(f"methods[{i}] (label {entry['label']!r})", entry)
+        enabled = {entry["label"]: entry for entry in self.config["methods"] if entry["enabled"]}
+        if not enabled:
+            _fail("methods: no enabled entry; the grid would be empty (set enabled: true on at least one)")
+        for method, space in self.tuning["search_space"].items():
+            if method not in REGISTRY:
+                _fail(f"tuning.search_space: unknown method {method!r}; allowed: {', '.join(REGISTRY)}")
+            _checked(f"tuning.search_space.{method}", check_search_space, space)
+        if self.tuning["enabled"]:
+            for entry in enabled.values():
+                if entry["tune"] and not self.search_space(entry):
+                    _fail(f"tuning.search_space: no search space for tuned method {entry['method']!r} "
+                          f"(label {entry['label']!r}); add tuning.search_space.{entry['method']} or set tune: false")
+        return enabled
+
+    def _check_entry(self, where: str, entry: dict) -> None:
+        if entry["method"] not in REGISTRY:
+            _fail(f"{where}.method: unknown method {entry['method']!r}; allowed: {', '.join(REGISTRY)}")
+        for task in entry["sweep"]:
+            if task not in self.tasks:
+                _fail(f"{where}.sweep: task {task!r} is not in tasks; allowed: {', '.join(self.tasks)}")
+        if entry["sweep"] and (entry["method"] not in PROPETL_METHODS or entry.get("mask_mode") == "none"):
+            _fail(f"{where}.sweep: only ProPETL methods with masks have a sparsity to sweep, not this entry")
+        petl_params = {k: v for k, v in entry["params"].items() if k in PETL_KEYS}
+        given = {k: entry[k] for k in ("sparsity", "mask_mode", "share") if k in entry}
+        sweeps = [value for values in entry["sweep"].values() for value in values]
+        for sparsity in [given.get("sparsity"), *sweeps]:
+            _checked(where, PETLConfig, method=entry["method"], **{**given, "sparsity": sparsity}, **petl_params)
+        train_params = {k: v for k, v in entry["params"].items() if k in TRAIN_KEYS}
+        for task in self.tasks:
+            _checked(where, TrainConfig, **{**self.task_training(task), **train_params})
+        if entry["budget_scale"] != 1:
+            for task in self.tasks:
+                if "max_steps" not in self.task_training(task):
+                    _fail(f"{where}.budget_scale: scales max_steps, but task {task!r} has none (set training.max_steps)")
+        if entry.get("search_space"):
+            _checked(f"{where}.search_space", check_search_space, entry["search_space"])
+
+    # ------------------------------------------------------------ the grid
+
+    def path(self, relative: str) -> str:
+        """A path below the results root (config key ``output``)."""
+        return str(Path(self.config["output"]) / relative)
+
+    def default_sparsity(self, entry: dict) -> float | None:
+        if entry["method"] not in PROPETL_METHODS or entry.get("mask_mode") == "none":
+            return None
+        return entry.get("sparsity", REGISTRY[entry["method"]].paper["sparsity"])
+
+    def sparsities(self, entry: dict, task: str) -> list[str]:
+        """Folder forms of the sweep values on a task that has a sweep, otherwise of the entry's sparsity."""
+        values = entry["sweep"].get(task) or [self.default_sparsity(entry)]
+        return [runs.sparsity_dir(value)[1:] for value in values]
+
+    def grid(self) -> list[Run]:
+        """Every train job: entries x sparsities x tasks x seeds."""
+        return [
+            Run(self.task_slugs[task], label, sparsity, seed)
+            for task in self.tasks
+            for label, entry in self.entries.items()
+            for sparsity in self.sparsities(entry, task)
+            for seed in self.config["seeds"]
+        ]
+
+    def run_metrics(self) -> list[str]:
+        return [self.path(f"{run.dir}/{runs.METRICS}") for run in self.grid()]
+
+    def search_space(self, entry: dict) -> dict | None:
+        return entry.get("search_space") or self.tuning["search_space"].get(entry["method"])
+
+    def is_tuned(self, label: str) -> bool:
+        return bool(self.tuning["enabled"] and self.entries[label]["tune"])
+
+    def best_params(self, task: str, label: str, sparsity: str) -> str | None:
+        """The tuned parameters a train job reads, or None for an untuned entry.
+
+        Sweep values reuse the study at the entry's own sparsity unless tuning.tune_each_sparsity.
+        """
+        if not self.is_tuned(label):
+            return None
+        if not self.tuning["tune_each_sparsity"]:
+            sparsity = runs.sparsity_dir(self.default_sparsity(self.entries[label]))[1:]
+        return self.path(f"{runs.tuning_dir(task, label, sparsity)}/{runs.BEST_PARAMS}")
+
+    # ------------------------------------------------------------ command lines
+
+    def task_training(self, task: str) -> dict:
+        """Training keys of a task: the study's, then the task's own on top (data caps apart)."""
+        return {**self.config["training"], **{k: v for k, v in self.tasks[task].items() if k not in DATA_KEYS}}
+
+    def tune_training(self, task: str) -> dict:
+        return {**self.task_training(task), **self.tuning["training"]}
+
+    def prepare_flags(self, slug: str) -> str:
+        name = self.task_names[slug]
+        caps = {key: self.tasks[name].get(key) for key in DATA_KEYS}
+        caps["max_length"] = caps["max_length"] or self.config["max_length"]
+        return flags({"task": name, "model": self.config["model"], "data_seed": self.config["data_seed"], **caps})
+
+    def _explicit(self, entry: dict, values: dict) -> dict:
+        """The optimisation setting of a run with every default spelled out, so that a plan
+        (``snakemake -n -p``) shows the whole setting: lr (with learned masks also mask lr and
+        mask weight decay), batch size, warm-up, weight decay, and epochs unless max_steps is set."""
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        paper = REGISTRY[entry["method"]].paper
+        shown: dict[str, Any] = {"lr": paper["lr"]}
+        if entry["method"] in PROPETL_METHODS and entry.get("mask_mode", "learned") == "learned":
+            shown |= {"mask_lr": paper["mask_lr"], "mask_weight_decay": defaults["mask_weight_decay"]}
+        shown |= {key: defaults[key] for key in ("batch_size", "warmup_ratio", "weight_decay")}
+        if values.get("max_steps") is None:
+            shown["epochs"] = defaults["epochs"]
+        return {**shown, **values}
+
+    def _run_flags(self, slug: str, label: str, sparsity: str, seed: int, training: dict) -> str:
+        """What defines a run: backbone, task, grid entry, sparsity, seed, budget and method params."""
+        entry = self.entries[label]
+        return flags({
+            "model": self.config["model"], "task": self.task_names[slug], "data_seed": self.config["data_seed"],
+            "label": label, "method": entry["method"], "sparsity": None if sparsity == "-" else sparsity,
+            "mask_mode": entry.get("mask_mode"), "share": entry.get("share"), "seed": seed,
+            **self._explicit(entry, {**training, **entry["params"]}),
+        })
+
+    def train_flags(self, slug: str, label: str, sparsity: str, seed: int) -> str:
+        training = self.task_training(self.task_names[slug])
+        scale = self.entries[label]["budget_scale"]
+        if scale != 1:  # a rung of a budget ladder: max_steps and eval_every scaled
+            training |= {key: round(training[key] * scale) for key in ("max_steps", "eval_every") if key in training}
+        return self._run_flags(slug, label, sparsity, seed, training)
+
+    def tune_flags(self, slug: str, label: str, sparsity: str) -> str:
+        seed = self.config["seeds"][0] if self.tuning["seed"] is None else self.tuning["seed"]
+        space = json.dumps(self.search_space(self.entries[label]))
+        return " ".join([
+            self._run_flags(slug, label, sparsity, seed, self.tune_training(self.task_names[slug])),
+            flags({"n_trials": self.tuning["n_trials"], "sampler_seed": self.tuning["sampler_seed"],
+                   "pruner": self.tuning["pruner"], "search_space": space}),
+        ])
+
+    def task_file(self, slug: str) -> list[str]:
+        """A file task's table is an input of its prepare job; registered tasks have none."""
+        name = self.task_names[slug]
+        return [] if name in TASKS else [name]
+
+    def resource(self, rule: str, key: str) -> int:
+        return {**RESOURCE_DEFAULTS[rule], **self.config["resources"].get(rule, {})}[key]

@@ -1,0 +1,146 @@
+"""propetl.study: a study config validated once and expanded into jobs, without Snakemake.
+
+The pipeline's own behaviour (plans, the CI study end to end) is in test_workflow.py;
+here every rule of the config is checked in-process, which is fast enough to try many.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from propetl.study import RESOURCE_DEFAULTS, Study, StudyError, flags, typed
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+CONFIGS = {
+    "default": ROOT / "config.yaml",
+    "paper": ROOT / "workflow/configs/paper.yaml",
+    "ci": ROOT / "workflow/configs/ci.yaml",
+    "ablation": ROOT / "workflow/configs/ablation.yaml",
+    "budget": ROOT / "workflow/configs/budget.yaml",
+}
+
+
+def config(name: str = "default") -> dict:
+    return yaml.safe_load(CONFIGS[name].read_text())
+
+
+def study(cfg: dict) -> Study:
+    return Study(cfg, SCHEMA)
+
+
+@pytest.fixture(autouse=True)
+def _from_the_repository_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # task files in configs are relative to the repository root
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_committed_study_loads(name):
+    assert study(config(name)).grid()
+
+
+def test_the_default_grid_has_every_entry_sparsity_task_and_seed():
+    grid = study(config()).grid()
+    assert len(grid) == 38 and len(set(grid)) == 38
+    assert {run.sparsity for run in grid if run.label == "propetl-adapter" and run.task == "rt-polarity"} == {
+        "0.3", "0.5", "0.7", "0.9"}
+    assert {run.sparsity for run in grid if run.label == "adapter"} == {"-"}
+    assert grid[0].dir == "runs/rt-polarity/full/s-/seed1"
+
+
+def test_tuned_entries_read_the_study_of_their_own_sparsity():
+    s = study(config())
+    assert s.best_params("rt-polarity", "propetl-adapter", "0.7") == "results/tuning/rt-polarity/propetl-adapter/s0.5/best_params.json"
+    assert s.best_params("rt-polarity", "lora", "-") is None
+
+
+def test_flags_render_every_value_type_the_cli_reads():
+    assert flags({"max_steps": 10, "bf16": True, "fp16": False, "lora_targets": ["query", "key"], "label": None}) == (
+        "--max-steps 10 --bf16 --fp16 false --lora-targets query key")
+
+
+def test_a_job_command_spells_out_the_defaults_and_the_entry_wins():
+    command = study(config("ci")).train_flags("sentiment", "propetl-adapter", "0.9", 1)
+    for shown in ("--lr 0.005", "--mask-lr 0.01", "--batch-size 16", "--warmup-ratio 0.1", "--weight-decay 0.0",
+                  "--mask-weight-decay 0.0", "--sparsity 0.9", "--max-steps 8", "--reduction-factor 4"):
+        assert shown in command, shown
+    assert "--epochs" not in command  # max_steps is set
+
+
+def test_resources_fall_back_to_the_one_set_of_defaults():
+    s = study(config("paper"))
+    assert s.resource("train", "gpu") == 1 and s.resource("train", "threads") == 4
+    assert s.resource("tune", "runtime") == RESOURCE_DEFAULTS["tune"]["runtime"]
+
+
+def test_command_line_overrides_are_typed_as_yaml():
+    assert typed({"seeds": ["1", "2"], "tuning": {"enabled": "false"}, "output": "x"}) == {
+        "seeds": [1, 2], "tuning": {"enabled": False}, "output": "x"}
+
+
+def _bad(mutate, name="default"):
+    cfg = copy.deepcopy(config(name))
+    mutate(cfg)
+    return cfg
+
+
+BAD = {
+    # case: (config, what the one line must say)
+    "unknown method": (_bad(lambda c: c["methods"][0].update(method="propetl-adaptor")),
+                       ["methods[0]", "'propetl-adaptor'", "allowed: full, bitfit, adapter"]),
+    "unknown task": (_bad(lambda c: c["tasks"].update({"glue-sst3": {}})), ["tasks", "'glue-sst3'", "allowed: rt-polarity"]),
+    "sparsity 1.0": (_bad(lambda c: c["methods"][3].update(sparsity=1.0)), ["methods[3]", "sparsity=1.0 is outside [0, 1)"]),
+    "sweep value 1.5": (_bad(lambda c: c["methods"][3]["sweep"].update({"rt-polarity": [0.5, 1.5]})),
+                        ["methods[3]", "sparsity=1.5"]),
+    "sparsity without masks": (_bad(lambda c: c["methods"][9].update(sparsity=0.0)),
+                               ["methods[9]", "propetl-adapter-nomask", "sparsity=0.0 given with mask_mode='none'"]),
+    "sparsity on a baseline": (_bad(lambda c: c["methods"][2].update(sparsity=0.5)),
+                               ["methods[2]", "'adapter'", "only propetl-adapter, propetl-lora, propetl-prefix take a sparsity"]),
+    "unknown mask mode": (_bad(lambda c: c["methods"][10].update(mask_mode="magic")), ["methods[10]", "mask_mode='magic'", "learned, random, none"]),
+    "max_steps 0": (_bad(lambda c: c["training"].update(max_steps=0)), ["training.max_steps", "must be a positive integer"]),
+    "task max_steps 0": (_bad(lambda c: c["tasks"]["snli"].update(max_steps=0)), ["tasks.snli.max_steps", "positive integer"]),
+    "trial eval_every beyond max_steps": (_bad(lambda c: c["tuning"]["training"].update(eval_every=100)),
+                                          ["tuning.training.eval_every", "exceeds max_steps=60"]),
+    "negative lr": (_bad(lambda c: c["methods"][0]["params"].update(lr=-1.0)), ["methods[0]", "lr=-1.0 must be positive"]),
+    "lora rank 0": (_bad(lambda c: c["methods"][6]["params"].update(lora_r=0)), ["methods[6]", "lora_r=0 must be a positive integer"]),
+    "negative seed": (_bad(lambda c: c.update(seeds=[1, -2])), ["seeds", "seed=-2"]),
+    "empty methods": (_bad(lambda c: c.update(methods=[])), ["methods", "non-empty"]),
+    "nothing enabled": (_bad(lambda c: [m.update(enabled=False) for m in c["methods"]]), ["methods", "no enabled entry"]),
+    "duplicate label": (_bad(lambda c: c["methods"][1].update(label="full")), ["label 'full' is used twice"]),
+    "unknown top-level key": (_bad(lambda c: c.update(epochs=3)), ["'epochs'", "top level", "allowed: output"]),
+    "wrong type": (_bad(lambda c: c["training"].update(batch_size="many")), ["training.batch_size", "not of type 'integer'"]),
+    "tuned method without search space": (_bad(lambda c: c["tuning"]["search_space"].pop("adapter")),
+                                          ["tuning.search_space", "'adapter'"]),
+    "untunable key": (_bad(lambda c: c["tuning"]["search_space"]["adapter"].update(epochs={"low": 1, "high": 2})),
+                      ["tuning.search_space.adapter", "'epochs' is not tunable"]),
+    "budget_scale without max_steps": (
+        _bad(lambda c: (c["methods"][0].update(budget_scale=2), c["training"].pop("max_steps"), c["tasks"]["snli"].pop("max_steps"))),
+        ["methods[0]", "budget_scale", "'rt-polarity' has none"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_bad_config_is_refused_with_one_line_naming_the_key(case):
+    cfg, needles = BAD[case]
+    with pytest.raises(StudyError) as error:
+        study(cfg)
+    message = str(error.value)
+    assert message.startswith("config: ") and "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_planning_a_study_imports_neither_torch_nor_transformers():
+    code = ("import sys, yaml; from propetl.study import Study; "
+            f"s = Study(yaml.safe_load(open({str(CONFIGS['paper'])!r})), yaml.safe_load(open({str(ROOT / 'workflow/schemas/config.schema.yaml')!r}))); "
+            "s.grid(); [s.train_flags(r.task, r.label, r.sparsity, r.seed) for r in s.grid()]; "
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'optuna') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
