@@ -90,12 +90,9 @@ def load_model(model: str, num_labels: int, regression: bool = False, *, seed: i
     """A sequence classifier whose new head (and, for tiny models, whole body) is seeded by ``seed``."""
     head = {"num_labels": num_labels,
             "problem_type": "regression" if regression else "single_label_classification"}
+    if model in _TINY:
+        return tiny_classifier(model, num_labels, regression=regression, seed=seed)
     with _seeded(seed):
-        if model in _TINY:
-            family = _TINY[model]
-            config = AutoConfig.for_model(family.model_type, vocab_size=len(_tiny_vocab(family)), **_TINY_DIMS,
-                                          **family.config, **head)
-            return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
         path = _local_path(model)
         if path is None:
             return AutoModelForSequenceClassification.from_pretrained(model, revision=revision,
@@ -105,6 +102,24 @@ def load_model(model: str, num_labels: int, regression: bool = False, *, seed: i
         with quiet:
             return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True,
                                                                       attn_implementation="sdpa", **head)
+
+
+def tiny_classifier(name: str = "tiny-bert", num_labels: int = 2, *, regression: bool = False, layers: int = _TINY_DIMS["num_hidden_layers"],
+                    hidden: int = _TINY_DIMS["hidden_size"], dropout: float = 0.1, seed: int = 0) -> PreTrainedModel:
+    """A random-weight BERT / RoBERTa classifier built in code (``tiny-bert``, ``tiny-roberta``).
+
+    The one factory of small models: the embedded tiny backbones use its defaults, the tests
+    vary depth, width and dropout. Weights are seeded by ``seed`` without touching the global RNG.
+    """
+    family = _TINY[name]
+    dims = {**_TINY_DIMS, "num_hidden_layers": layers, "hidden_size": hidden, "intermediate_size": 2 * hidden}
+    config = AutoConfig.for_model(
+        family.model_type, vocab_size=len(_tiny_vocab(family)), **dims, **family.config, num_labels=num_labels,
+        problem_type="regression" if regression else "single_label_classification",
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+    )
+    with _seeded(seed):
+        return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
 
 
 def model_identity(model: str, revision: str | None = None) -> dict:

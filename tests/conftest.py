@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random BERT/RoBERTa classifiers built from configs in code (no downloads)."""
+"""Shared fixtures: tiny random BERT/RoBERTa classifiers built in code, one sentiment task file, a budget ladder."""
 
 from __future__ import annotations
 
@@ -7,28 +7,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+
+from propetl import backbones
+from propetl.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = {"bert": (BertConfig, BertForSequenceClassification), "roberta": (RobertaConfig, RobertaForSequenceClassification)}
+SENTIMENT_CSV = ROOT / "tests" / "fixtures" / "sentiment.csv"  # 240 rows whose label single words give away
 
 
 def tiny_classifier(family: str = "bert", num_labels: int = 3, layers: int = 3, hidden: int = 32, seed: int = 0):
-    config_class, model_class = FAMILIES[family]
-    config = config_class(
-        vocab_size=100,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=1 if family == "roberta" else 0,
-    )
-    torch.manual_seed(seed)
-    return model_class(config).eval()
+    """The package's tiny-model factory with the tests' defaults: 3 layers, no dropout, eval mode."""
+    return backbones.tiny_classifier(f"tiny-{family}", num_labels, layers=layers, hidden=hidden, dropout=0.0, seed=seed).eval()
+
+
+def quick_config(task: str, out, **kwargs) -> TrainConfig:
+    """A run of a few steps on a tiny model: what the training and tuning tests train."""
+    base = dict(model="tiny-bert", task=task, out=str(out), max_steps=16, eval_every=4, batch_size=16, lr=5e-3,
+                logging_steps=4, threads=1)
+    return TrainConfig(**{**base, **kwargs})
 
 
 def tiny_batch(batch: int = 4, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -40,6 +36,11 @@ def tiny_batch(batch: int = 4, length: int = 12, seed: int = 0) -> dict[str, tor
         attention_mask[row, length - 2 * row :] = 0
     input_ids[attention_mask == 0] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv() -> str:
+    return str(SENTIMENT_CSV)
 
 
 @pytest.fixture(params=["bert", "roberta"])

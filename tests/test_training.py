@@ -1,40 +1,17 @@
-"""`propetl train` / `propetl tune`: outputs, resumability, reproducibility, clear errors."""
+"""`propetl train`: outputs, resumability, reproducibility, parameter groups."""
 
-import dataclasses
 import json
-import random
 
 import pytest
 import torch
+from conftest import quick_config as config
 from transformers import Trainer, TrainerCallback
 
 from propetl import PETLConfig, load_petl
-from propetl.cli import build_parser, main
-from propetl.data import load_prepared
 from propetl.backbones import load_model
 from propetl.config import TrainConfig
+from propetl.data import load_prepared
 from propetl.training import fit, parameter_groups, resolve, train
-from propetl.tuning import tune
-
-WORDS = {1: ["good", "great", "fine", "superb", "lovely"], 0: ["bad", "awful", "dull", "poor", "boring"]}
-
-
-@pytest.fixture(scope="module")
-def sentiment_csv(tmp_path_factory):
-    """A small local task file whose label is learnable from single words."""
-    rng = random.Random(0)
-    rows = ["text,label"]
-    for i in range(600):
-        label = i % 2
-        rows.append(f"{' '.join(rng.choice(WORDS[label]) for _ in range(3))} movie number {i},{'pos' if label else 'neg'}")
-    path = tmp_path_factory.mktemp("task") / "sentiment.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return str(path)
-
-
-def config(task: str, out, **kwargs) -> TrainConfig:
-    base = dict(model="tiny-bert", task=task, out=str(out), max_steps=16, eval_every=4, batch_size=16, lr=5e-3, logging_steps=4, threads=1)
-    return TrainConfig(**{**base, **kwargs})
 
 
 def test_a_run_writes_the_documented_outputs(sentiment_csv, tmp_path):
@@ -135,13 +112,6 @@ def test_prepared_data_of_another_split_is_refused(sentiment_csv, tmp_path):
         train(config(sentiment_csv, tmp_path / "run", data_seed=1, prepared=str(prepared)), PETLConfig(method="adapter"))
 
 
-def test_tune_requires_the_best_params_path():
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["tune", "--method", "adapter", "--search-space", "{}", "--storage", "j.log"])
-    args = build_parser().parse_args(["tune", "--method", "adapter", "--search-space", "{}", "--storage", "j.log", "--out", "b.json"])
-    assert args.out == "b.json"
-
-
 def test_mask_scores_head_and_petl_parameters_get_their_own_learning_rates():
     from propetl import apply_petl
 
@@ -174,76 +144,3 @@ def test_weight_decay_reaches_weights_and_mask_scores_but_never_biases():
 def test_paper_defaults_fill_unset_learning_rates():
     cfg = resolve(TrainConfig(), PETLConfig(method="propetl-lora"))
     assert (cfg.lr, cfg.mask_lr, cfg.head_lr) == (1e-4, 3e-2, 1e-4)  # run_lora.sh
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--method", "adapter", "--max-steps", "0"], "max_steps=0 must be a positive integer"),
-        (["--method", "adapter", "--task", "imdb"], "imdb"),
-        (["--method", "propetl-lora", "--sparsity", "1.5"], r"sparsity=1.5 is outside \[0, 1\)"),
-        (["--method", "magic"], "method='magic' is not supported"),
-        (["--method", "adapter", "--batch-size", "-1"], "batch_size=-1 must be a positive integer"),
-        (["--method", "adapter", "--max-steps", "5", "--eval-every", "10"], "eval_every=10 exceeds max_steps=5"),
-        (["--method", "adapter", "--mask-mode", "random"], "mask_mode='random' given for method 'adapter'"),
-    ],
-)
-def test_bad_input_fails_with_one_line_before_any_work(argv, message, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--model", "tiny-bert", "--out", str(tmp_path / "run"), *argv])
-    assert exit_info.value.code != 0
-    import re
-
-    assert re.search(message, str(exit_info.value.code))
-    assert "\n" not in str(exit_info.value.code)
-    assert not (tmp_path / "run").exists()
-
-
-def test_help_documents_every_config_key_with_its_default(capsys):
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    for f in dataclasses.fields(TrainConfig):
-        assert "--" + f.name.replace("_", "-") in text
-    for f in dataclasses.fields(PETLConfig):
-        assert "--" + f.name.replace("_", "-") in text
-    assert "(default: 32)" in text and "(default: minilm-l6)" in text
-
-
-def test_params_file_overrides_flags(tmp_path, sentiment_csv):
-    from propetl.cli import _configs
-
-    (tmp_path / "best.json").write_text(json.dumps({"lr": 0.123, "_study": {"x": 1}}))
-    args = build_parser().parse_args(["train", "--method", "adapter", "--lr", "0.5", "--params", str(tmp_path / "best.json")])
-    train_config, petl = _configs(args)
-    assert train_config.lr == 0.123 and petl.method == "adapter"
-    (tmp_path / "bad.json").write_text(json.dumps({"learning_rate": 1}))
-    args = build_parser().parse_args(["train", "--method", "adapter", "--params", str(tmp_path / "bad.json")])
-    with pytest.raises(ValueError, match="unknown keys \\['learning_rate'\\]"):
-        _configs(args)
-
-
-def test_tuning_uses_validation_resumes_with_the_trials_it_has_and_writes_best_params(sentiment_csv, tmp_path):
-    space = {"lr": {"low": 1e-4, "high": 1e-1, "log": True}}
-    petl = PETLConfig(method="propetl-adapter")
-    cfg = config(sentiment_csv, tmp_path / "unused", max_steps=8)
-    first = tune(cfg, petl, space, n_trials=2, storage=tmp_path / "study" / "journal.log", out=tmp_path / "study" / "best_params.json")
-    assert first["_study"]["n_trials"] == 2
-    again = tune(cfg, petl, space, n_trials=3, storage=tmp_path / "study" / "journal.log", out=tmp_path / "study" / "best_params.json")
-    assert again["_study"]["n_trials"] == 3
-    best = json.loads((tmp_path / "study" / "best_params.json").read_text())
-    assert 1e-4 <= best["lr"] <= 1e-1 and best["_study"]["objective"] == "best validation combined_score"
-    assert not (tmp_path / "study" / "trials").exists()
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    study = optuna.load_study(study_name=best["_study"]["name"], storage=JournalStorage(JournalFileBackend(str(tmp_path / "study" / "journal.log"))))
-    assert len(study.trials) == 3 and len({t.params["lr"] for t in study.trials}) == 3
-    assert study.best_value == best["_study"]["best_value"]
-
-
-@pytest.mark.parametrize("space, message", [({}, "search space is empty"), ({"epochs": {"low": 1, "high": 2}}, "'epochs' is not tunable"), ({"lr": {"low": 1e-2, "high": 1e-3}}, "low < high")])
-def test_bad_search_spaces_are_rejected(space, message, tmp_path):
-    with pytest.raises(ValueError, match=message):
-        tune(TrainConfig(), PETLConfig(method="adapter"), space, n_trials=1, storage=tmp_path / "j.log", out=tmp_path / "b.json")

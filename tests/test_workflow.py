@@ -271,6 +271,7 @@ def ci_run(workdir) -> tuple[subprocess.CompletedProcess, Path]:
     return result, workdir / study("ci")["output"]
 
 
+@pytest.mark.slow
 def test_ci_study_runs_end_to_end(ci_run):
     result, root = ci_run
     assert result.returncode == 0, result.stdout + result.stderr
@@ -296,6 +297,7 @@ def test_ci_study_runs_end_to_end(ci_run):
     assert (root / "logs/train/sentiment/bitfit/s-/seed1.log").is_file()
 
 
+@pytest.mark.slow
 def test_a_second_run_has_nothing_to_do_and_the_report_builds(ci_run, workdir):
     result, root = ci_run
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,35 @@
+"""`propetl tune`: Optuna on the validation split, resumable studies, search spaces checked first."""
+
+import json
+
+import optuna
+import pytest
+from conftest import quick_config as config
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from propetl import PETLConfig
+from propetl.config import TrainConfig
+from propetl.tuning import tune
+
+
+def test_tuning_uses_validation_resumes_with_the_trials_it_has_and_writes_best_params(sentiment_csv, tmp_path):
+    space = {"lr": {"low": 1e-4, "high": 1e-1, "log": True}}
+    petl = PETLConfig(method="propetl-adapter")
+    cfg = config(sentiment_csv, tmp_path / "unused", max_steps=8)
+    first = tune(cfg, petl, space, n_trials=2, storage=tmp_path / "study" / "journal.log", out=tmp_path / "study" / "best_params.json")
+    assert first["_study"]["n_trials"] == 2
+    again = tune(cfg, petl, space, n_trials=3, storage=tmp_path / "study" / "journal.log", out=tmp_path / "study" / "best_params.json")
+    assert again["_study"]["n_trials"] == 3
+    best = json.loads((tmp_path / "study" / "best_params.json").read_text())
+    assert 1e-4 <= best["lr"] <= 1e-1 and best["_study"]["objective"] == "best validation combined_score"
+    assert not (tmp_path / "study" / "trials").exists()
+    study = optuna.load_study(study_name=best["_study"]["name"], storage=JournalStorage(JournalFileBackend(str(tmp_path / "study" / "journal.log"))))
+    assert len(study.trials) == 3 and len({t.params["lr"] for t in study.trials}) == 3
+    assert study.best_value == best["_study"]["best_value"]
+
+
+@pytest.mark.parametrize("space, message", [({}, "search space is empty"), ({"epochs": {"low": 1, "high": 2}}, "'epochs' is not tunable"), ({"lr": {"low": 1e-2, "high": 1e-3}}, "low < high")])
+def test_bad_search_spaces_are_rejected(space, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        tune(TrainConfig(), PETLConfig(method="adapter"), space, n_trials=1, storage=tmp_path / "j.log", out=tmp_path / "b.json")
