@@ -11,7 +11,6 @@ the tables read them, all through this module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 METRICS = "metrics.json"
@@ -46,36 +45,11 @@ def tuning_dir(task: str, label: str, sparsity: float | str | None) -> str:
 RUN_METRICS_GLOB = f"{run_dir('*', '*', '*', '*')}/{METRICS}"
 
 
-@dataclass(frozen=True)
 class RunFiles:
-    """The files of one run directory."""
+    """The files of one run directory, by what they hold."""
 
-    root: Path
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS
-
-    @property
-    def history(self) -> Path:
-        return self.root / HISTORY
-
-    @property
-    def artifact(self) -> Path:
-        return self.root / ARTIFACT
-
-    @property
-    def provenance(self) -> Path:
-        return self.root / PROVENANCE
-
-    @property
-    def log(self) -> Path:
-        return self.root / TRAIN_LOG
-
-    @property
-    def data(self) -> Path:
-        return self.root / DATA
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / CHECKPOINTS
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.metrics, self.history, self.artifact, self.provenance, self.log, self.data, self.checkpoints = (
+            self.root / name for name in (METRICS, HISTORY, ARTIFACT, PROVENANCE, TRAIN_LOG, DATA, CHECKPOINTS)
+        )

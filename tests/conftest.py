@@ -12,6 +12,13 @@ from propetl import backbones
 from propetl.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+STUDY_CONFIGS = {  # every committed study config
+    "default": ROOT / "config.yaml",
+    "paper": ROOT / "workflow/configs/paper.yaml",
+    "ci": ROOT / "workflow/configs/ci.yaml",
+    "ablation": ROOT / "workflow/configs/ablation.yaml",
+    "budget": ROOT / "workflow/configs/budget.yaml",
+}
 SENTIMENT_CSV = ROOT / "tests" / "fixtures" / "sentiment.csv"  # 240 rows whose label single words give away
 
 

@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import STUDY_CONFIGS
 
 from propetl.study import RESOURCE_DEFAULTS, Study, StudyError, flags, typed
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-CONFIGS = {
-    "default": ROOT / "config.yaml",
-    "paper": ROOT / "workflow/configs/paper.yaml",
-    "ci": ROOT / "workflow/configs/ci.yaml",
-    "ablation": ROOT / "workflow/configs/ablation.yaml",
-    "budget": ROOT / "workflow/configs/budget.yaml",
-}
+CONFIGS = STUDY_CONFIGS
 
 
 def config(name: str = "default") -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import STUDY_CONFIGS
 from jsonschema import Draft202012Validator
 
 from propetl.cli import build_parser
@@ -25,13 +26,7 @@ from propetl.config import PAPER_DEFAULTS, PAPER_EPOCHS, PAPER_TRAINING, PROPETL
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-STUDIES = {
-    "default": ROOT / "config.yaml",
-    "paper": ROOT / "workflow/configs/paper.yaml",
-    "ci": ROOT / "workflow/configs/ci.yaml",
-    "ablation": ROOT / "workflow/configs/ablation.yaml",
-    "budget": ROOT / "workflow/configs/budget.yaml",
-}
+STUDIES = STUDY_CONFIGS
 SMALL_GLUE = ("glue-cola", "glue-mrpc", "glue-rte", "glue-stsb")
 
 
