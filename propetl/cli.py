@@ -10,7 +10,6 @@ import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from .config import PETLConfig
 

@@ -8,13 +8,12 @@ import json
 import math
 
 import pytest
-import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, TrainerCallback
 
 from propetl import PETLConfig, apply_petl
 from propetl.config import PAPER_DEFAULTS, TrainConfig
 from propetl.petl_model import layer_masks
-from propetl.training import train
+from propetl.training import fit, train
 
 HIDDEN, BOTTLENECK, R, P = 768, 64, 32, 64  # RoBERTa-base with the paper's module sizes
 
@@ -65,3 +64,21 @@ def test_evaluation_per_epoch_keeps_the_best_epoch(sentiment_csv, tmp_path):
     assert [h["epoch"] for h in history] == [1.0, 2.0]
     best = max(history, key=lambda h: h["combined_score"])
     assert metrics["best_step"] == best["step"] and metrics["val"]["combined_score"] == best["combined_score"]
+
+
+def test_mask_scores_follow_the_same_warm_up_and_decay_as_every_other_group(sentiment_csv, tmp_path):
+    # trainer.py: one LambdaLR over all groups, so the mask lr warms up and decays with the rest
+    seen: list[dict[str, float]] = []
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            seen.append({group["name"]: group["lr"] / group["initial_lr"] for group in optimizer.param_groups})
+
+    cfg = TrainConfig(model="tiny-bert", task=sentiment_csv, out=str(tmp_path / "run"), max_steps=6, eval_every=6,
+                      warmup_ratio=0.5, batch_size=16, lr=1e-3, mask_lr=3e-2, threads=1)
+    fit(cfg, PETLConfig(method="propetl-adapter"), callbacks=[Record()])
+    assert len(seen) == 6 and {"petl", "mask_scores", "head"} <= seen[0].keys()
+    for step in seen:
+        assert max(step.values()) - min(step.values()) < 1e-12  # every group at the same point of the schedule
+    factors = [next(iter(step.values())) for step in seen]
+    assert factors.index(max(factors)) in (1, 2, 3) and factors[0] < max(factors) > factors[-1]  # up, then down

@@ -52,7 +52,7 @@ def test_same_seed_same_numbers_and_another_seed_differs(sentiment_csv, tmp_path
     petl = PETLConfig(method="propetl-adapter")
     first = train(config(sentiment_csv, tmp_path / "a"), petl)
     second = train(config(sentiment_csv, tmp_path / "b"), petl)
-    other = train(config(sentiment_csv, tmp_path / "c", seed=2), petl)
+    train(config(sentiment_csv, tmp_path / "c", seed=2), petl)
     assert first["val"] == second["val"] and first["test"] == second["test"]
     history = lambda run: (tmp_path / run / "history.jsonl").read_text()  # noqa: E731
     assert history("a") == history("b") != history("c")
