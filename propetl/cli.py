@@ -11,7 +11,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import PETLConfig
+from .config import FILE_TASK_OPTIONS, PETLConfig
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] | None = None, skip: Sequence[str] = ()) -> None:
@@ -83,8 +83,9 @@ def _fetch(args: argparse.Namespace) -> None:
 def _prepare(args: argparse.Namespace) -> None:
     from .data import prepare_task
 
+    options = {name: getattr(args, name) for name in FILE_TASK_OPTIONS if getattr(args, name) is not None}
     print(prepare_task(args.task, args.model, args.out, data_seed=args.data_seed, max_length=args.max_length,
-                       max_train=args.max_train, max_val=args.max_val, max_test=args.max_test))
+                       max_train=args.max_train, max_val=args.max_val, max_test=args.max_test, **options))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=_fetch)
 
     prepare = commands.add_parser("prepare", help="tokenise a task once for every run that shares it", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_fields(prepare, TrainConfig, only=("task", "model", "data_seed", "max_length", "max_train", "max_val", "max_test"))
+    _add_fields(prepare, TrainConfig, only=("task", "model", "data_seed", "max_length", "max_train", "max_val", "max_test",
+                                            *FILE_TASK_OPTIONS))
     prepare.add_argument("--out", required=True, help="output dir of the tokenised task")
     prepare.set_defaults(func=_prepare)
     return parser

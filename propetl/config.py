@@ -23,6 +23,8 @@ from typing import Any
 MASK_MODES = ("learned", "random", "none")
 SHARE_MODES = ("layers", "none")
 EVAL_STRATEGIES = ("steps", "epoch")
+TASK_TYPES = ("classification", "regression")
+FILE_TASK_OPTIONS = ("text_columns", "label_column", "task_type", "encoding")
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,10 @@ class TrainConfig:
     eval_strategy: str = _opt("steps", "steps: validate (and checkpoint) every --eval-every steps | epoch: after every epoch (the official scripts)")
     eval_every: int = _opt(100, "validate (and checkpoint) every N steps (eval_strategy steps); the best validation combined_score is kept")
     eval_batch_size: int = _opt(32, "evaluation batch size (eval splits are length-sorted: small batches pad least)")
+    text_columns: list[str] | None = _opt(None, "file tasks: the text column, or two for pairs (default: text)")
+    label_column: str | None = _opt(None, "file tasks: the label column (default: label)")
+    task_type: str | None = _opt(None, "file tasks: classification | regression (default: inferred where the labels leave no doubt)")
+    encoding: str | None = _opt(None, "file tasks: text encoding of a CSV/JSONL file (default: utf-8)")
     max_length: int | None = _opt(None, "max tokens per example (default: the task's)")
     max_train: int | None = _opt(None, "cap on training examples")
     max_val: int | None = _opt(None, "cap on validation examples")
@@ -264,5 +270,12 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.task_type is not None:
+            _allowed("task_type", self.task_type, TASK_TYPES)
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 both set; choose one autocast precision")
+
+    @property
+    def file_options(self) -> dict[str, Any]:
+        """How to read a file task (its columns, type, encoding): only the options that were given."""
+        return {name: getattr(self, name) for name in FILE_TASK_OPTIONS if getattr(self, name) is not None}

@@ -51,6 +51,7 @@ import pandas as pd
 
 from propetl import resources
 from propetl.atomic import atomic_dir
+from propetl.task_files import FILE_SUFFIXES, TaskTable, read_task_file
 
 if TYPE_CHECKING:
     from datasets import DatasetDict, Features
@@ -261,40 +262,35 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _BUILTIN}
 
 # ---------------------------------------------------------------- local file tasks
 
-def _load_file(spec: TaskSpec, data_seed: int, *, label_column: str) -> DatasetDict:
-    raw = _read_table(Path(spec.name))
+def _load_file(spec: TaskSpec, data_seed: int, *, table: TaskTable, label_column: str) -> DatasetDict:
+    raw = table.frame
     if not spec.is_regression:
-        raw = raw.assign(label=raw[label_column].map(lambda v: spec.label_names.index(str(v)), na_action="ignore"))
+        raw = raw.assign(label=raw[label_column].map(lambda v: spec.label_names.index(str(v))))
         label_column = "label"
     if "split" not in raw:
         frame = _dedupe(_select(raw, spec, label_column))
         n_test, n_validation = (round(f * len(frame)) for f in (FILE_TEST_FRACTION, FILE_VALIDATION_FRACTION))
         return _to_dataset_dict(spec, _random_split(frame, n_test, n_validation, data_seed))
-    unknown = set(raw["split"]) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"{spec.name}: unknown values {sorted(map(str, unknown))} in column 'split'; "
-                         f"expected {', '.join(SPLITS)}")
     return _to_dataset_dict(spec, {s: _select(raw[raw["split"] == s], spec, label_column) for s in SPLITS})
 
 
 def file_task_spec(path: str | os.PathLike, text_columns: Sequence[str] = ("text",), label_column: str = "label",
-                   regression: bool = False, metrics: Sequence[str] | None = None,
+                   task_type: str | None = None, encoding: str = "utf-8", metrics: Sequence[str] | None = None,
                    max_length: int = 128) -> TaskSpec:
-    """A task read from one table; classification labels (strings or numbers) get ids in sorted order."""
+    """A task read from one table, checked row by row first (:mod:`propetl.task_files`).
+
+    ``task_type`` (classification | regression) is inferred only where the labels leave no
+    doubt; classification labels (strings or numbers) get ids in sorted order.
+    """
     if len(text_columns) not in (1, 2):
         raise ValueError(f"text_columns must name one or two columns, got {list(text_columns)}")
-    table = _read_table(Path(path))
-    missing = [c for c in (*text_columns, label_column) if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: columns {missing} not found; the file has {list(table.columns)} "
-                         f"(text_columns={list(text_columns)}, label_column={label_column!r})")
-    labels = table[label_column].dropna()
-    label_names = () if regression else tuple(str(v) for v in sorted(labels.unique()))
+    table = read_task_file(path, text_columns, label_column, task_type, encoding)
+    regression = table.task_type == "regression"
     return TaskSpec(
-        name=str(path), text_fields=tuple(text_columns), num_labels=1 if regression else len(label_names),
+        name=str(path), text_fields=tuple(text_columns), num_labels=1 if regression else len(table.label_names),
         metrics=tuple(metrics or (("pearson", "spearmanr") if regression else ("accuracy",))),
-        label_names=label_names, max_length=max_length,
-        loader=functools.partial(_load_file, label_column=label_column))
+        label_names=table.label_names, max_length=max_length,
+        loader=functools.partial(_load_file, table=table, label_column=label_column))
 
 
 # ---------------------------------------------------------------- public entry points
@@ -305,7 +301,7 @@ def get_task_spec(name: str, **file_options: Any) -> TaskSpec:
         if file_options:
             raise ValueError(f"options {sorted(file_options)} apply only to file tasks, not {name!r}")
         return TASKS[name]
-    if Path(name).is_file():
+    if Path(name).is_file() or Path(name).suffix in FILE_SUFFIXES:  # a missing file is named as such
         return file_task_spec(name, **file_options)
     raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}; "
                      f"a path to an existing .csv, .jsonl or .parquet file is also accepted")

@@ -29,7 +29,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from . import runs
-from .config import PROPETL_METHODS, REGISTRY, PETLConfig, TrainConfig, check_search_space
+from .config import FILE_TASK_OPTIONS, PROPETL_METHODS, REGISTRY, PETLConfig, TrainConfig, check_search_space
 from .data import TASKS
 
 DATA_KEYS = ("max_train", "max_val", "max_test", "max_length")
@@ -202,6 +202,9 @@ class Study:
                 _fail(f"tasks: unknown task {name!r}; allowed: {', '.join(TASKS)}, or a path to an existing .csv/.jsonl/.parquet file")
             if slug in slugs.values():
                 _fail(f"tasks: {name!r} would share the result folder {slug!r} with another task; rename the file")
+            options = sorted(set(self.tasks[name]) & set(FILE_TASK_OPTIONS))
+            if name in TASKS and options:
+                _fail(f"tasks.{name}: {', '.join(options)} apply to task files only, not to the registered task {name!r}")
             slugs[name] = slug
         for name in self.tasks:
             for where, training in (("tasks", self.task_training(name)), ("tuning.training", self.tune_training(name))):
@@ -321,7 +324,8 @@ class Study:
         name = self.task_names[slug]
         caps = {key: self.tasks[name].get(key) for key in DATA_KEYS}
         caps["max_length"] = caps["max_length"] or self.config["max_length"]
-        return flags({"task": name, "model": self.config["model"], "data_seed": self.config["data_seed"], **caps})
+        options = {key: self.tasks[name][key] for key in FILE_TASK_OPTIONS if key in self.tasks[name]}
+        return flags({"task": name, "model": self.config["model"], "data_seed": self.config["data_seed"], **caps, **options})
 
     def _explicit(self, entry: dict, values: dict) -> dict:
         """The optimisation setting of a run with every default spelled out, so that a plan

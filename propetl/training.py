@@ -173,7 +173,8 @@ def _setup_logging(out: Path) -> None:
 
 def _check_prepared(path: str | Path, info: dict[str, Any], cfg: TrainConfig) -> None:
     """Refuse tokenised data made for another task, tokenizer, split or length than this run's."""
-    expected = {"task": cfg.task, "data_seed": cfg.data_seed, "model": model_identity(cfg.model)}
+    expected = {"task": cfg.task, "data_seed": cfg.data_seed, "model": model_identity(cfg.model),
+                "task_options": cfg.file_options}
     expected |= {k: getattr(cfg, k) for k in ("max_length", "max_train", "max_val", "max_test") if getattr(cfg, k) is not None}
     for key, value in expected.items():
         if info.get(key) != value:
@@ -201,7 +202,7 @@ class Fitted:
 
 def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[TrainerCallback] = ()) -> Fitted:
     """Train (or resume) and load the checkpoint with the best validation combined_score."""
-    get_task_spec(train_config.task)  # an unknown task fails before anything is loaded
+    get_task_spec(train_config.task, **train_config.file_options)  # an unknown task or a bad file fails before any load
     cfg = resolve(train_config, petl_config)
     out = Path(cfg.out)
     files = RunFiles(out)
@@ -212,7 +213,7 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
 
     prepared = cfg.prepared or prepare_task(
         cfg.task, cfg.model, files.data, data_seed=cfg.data_seed, max_length=cfg.max_length,
-        max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test,
+        max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test, **cfg.file_options,
     )
     data, info = load_prepared(prepared)
     _check_prepared(prepared, info, cfg)

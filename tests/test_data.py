@@ -227,11 +227,11 @@ def test_file_split_column_is_honoured_and_regression_pairs_load(tmp_path):
     rows.to_json(tmp_path / "pairs.jsonl", orient="records", lines=True)
 
     for name in ("pairs.parquet", "pairs.jsonl"):
-        dsdict = load_task(str(tmp_path / name), text_columns=["a", "b"], label_column="score", regression=True)
+        dsdict = load_task(str(tmp_path / name), text_columns=["a", "b"], label_column="score", task_type="regression")
         assert split_sizes(dsdict) == {"train": 6, "validation": 3, "test": 3}
         assert list(dsdict["test"]["label"]) == [2.25, 2.5, 2.75]
         assert get_task_spec(str(tmp_path / name), text_columns=["a", "b"], label_column="score",
-                             regression=True).metrics == ("pearson", "spearmanr")
+                             task_type="regression").metrics == ("pearson", "spearmanr")
 
 
 def test_file_with_unknown_split_value_is_rejected(tmp_path):

@@ -257,6 +257,19 @@ def test_a_bad_config_stops_before_any_job_with_one_line_naming_the_key(bad_conf
         assert needle in lines[0], lines[0]
 
 
+def test_a_study_with_a_malformed_task_file_fails_at_its_prepare_job_with_that_line(workdir, tmp_path):
+    bad = tmp_path / "ragged.csv"
+    bad.write_text((ROOT / "tests/fixtures/sentiment.csv").read_text() + "one,two,three\n")
+    config = {**study("ci"), "tasks": {str(bad): {}}, "output": str(tmp_path / "out"), "tuning": {"enabled": False},
+              "methods": [{"label": "bitfit", "method": "bitfit"}]}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--cores", "1", "--configfile", str(tmp_path / "study.yaml"))
+    assert result.returncode != 0 and "Error in rule prepare" in result.stdout + result.stderr, result.stderr
+    log = (tmp_path / "out/logs/prepare/ragged.log").read_text().strip().splitlines()
+    assert log[-1] == "propetl prepare: error: ragged.csv line 242: 3 fields, header has 2"
+    assert not (tmp_path / "out/runs").exists()
+
+
 # ---------------------------------------------------------------- the CI study end to end
 
 

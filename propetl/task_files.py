@@ -1,0 +1,196 @@
+"""Local task files (CSV, JSONL, parquet) read and checked before any tokenisation or model load.
+
+Every problem ends the command with one line naming the file and, where it helps, the
+line (CSV, JSONL) or row (parquet) and the column, e.g. ``data.csv line 7: 3 fields, header
+has 2``. Bad rows are refused, never dropped: numbers from the part of a file that happened
+to parse would describe a task nobody asked for. Rows whose text repeats are still merged
+by the splitter (``propetl.data``), as for the built-in tasks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .config import TASK_TYPES
+
+SPLITS = ("train", "validation", "test")
+FILE_SUFFIXES = (".csv", ".jsonl", ".parquet")
+LINE = "_line"  # where each row came from, for messages
+
+
+class TaskFileError(ValueError):
+    """A task file that cannot be trained on; the message is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class TaskTable:
+    """A checked task file: its rows (text columns, label, optional split) and what its labels are."""
+
+    frame: pd.DataFrame
+    task_type: str
+    label_names: tuple[str, ...]  # classification: the classes, in sorted order; regression: ()
+
+
+def read_task_file(path: str | Path, text_columns: Sequence[str] = ("text",), label_column: str = "label",
+                   task_type: str | None = None, encoding: str = "utf-8") -> TaskTable:
+    """Read and check a task file; raises :class:`TaskFileError` on the first problem found."""
+    path = Path(path)
+    name = path.name
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise TaskFileError(f"task_type={task_type!r} is not supported; allowed: {', '.join(TASK_TYPES)}")
+    if not path.is_file():
+        raise TaskFileError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise TaskFileError(f"{name}: the file is empty")
+    readers = {".csv": _read_csv, ".jsonl": _read_jsonl, ".parquet": _read_parquet}
+    if path.suffix not in readers:
+        raise TaskFileError(f"{name}: unsupported file type {path.suffix!r}; expected .csv, .jsonl or .parquet")
+    frame, unit = readers[path.suffix](path, encoding)
+    if frame.empty:
+        raise TaskFileError(f"{name}: no rows")
+    missing = [c for c in (*text_columns, label_column) if c not in frame.columns]
+    if missing:
+        raise TaskFileError(f"{name}: columns {missing} not found; the file has {[c for c in frame.columns if c != LINE]} "
+                            f"(text_columns={list(text_columns)}, label_column={label_column!r})")
+    where = lambda row: f"{name} {unit} {row[LINE]}"  # noqa: E731
+    for column in text_columns:
+        empty = frame[frame[column].map(lambda v: not isinstance(v, str) or not v.strip())]
+        if not empty.empty:
+            raise TaskFileError(f"{where(empty.iloc[0])}: empty or missing text in column {column!r}"
+                                + (f" ({len(empty) - 1} more rows like it)" if len(empty) > 1 else ""))
+    unlabelled = frame[frame[label_column].map(lambda v: v is None or (isinstance(v, float) and pd.isna(v)) or v == "")]
+    if not unlabelled.empty:
+        raise TaskFileError(f"{where(unlabelled.iloc[0])}: no label in column {label_column!r}")
+    labels = frame[label_column].map(_as_label)
+    kinds = labels.map(lambda v: "number" if isinstance(v, numbers.Number) else "text")
+    if kinds.nunique() > 1:
+        text_row, number_row = frame[kinds == "text"].iloc[0], frame[kinds == "number"].iloc[0]
+        raise TaskFileError(f"{where(text_row)}: label {text_row[label_column]!r} is text but {unit} {number_row[LINE]} has "
+                            f"the number {number_row[label_column]!r}; a label column holds one type")
+    task_type = task_type or _infer_task_type(name, label_column, labels)
+    if task_type == "regression" and kinds.iloc[0] == "text":
+        raise TaskFileError(f"{where(frame.iloc[0])}: label {frame[label_column].iloc[0]!r} is not a number (task_type regression)")
+    frame = frame.assign(**{label_column: labels})
+    if "split" in frame.columns:
+        _check_splits(name, unit, frame, label_column, task_type)
+    label_names = () if task_type == "regression" else tuple(str(v) for v in sorted(labels.unique()))
+    if task_type == "classification" and len(label_names) < 2:
+        raise TaskFileError(f"{name}: column {label_column!r} has one class ({label_names[0]!r}); a classifier needs at "
+                            f"least two (task_type regression for a score)")
+    return TaskTable(frame=frame, task_type=task_type, label_names=label_names)
+
+
+def _as_label(value):
+    """A label as a number when it reads as one (CSV cells are text), else as text."""
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return int(number) if number.is_integer() else number
+
+
+def _infer_task_type(name: str, column: str, labels: pd.Series) -> str:
+    """Text labels are classes, non-integer numbers scores, two integers classes; anything else must be said."""
+    values = labels.unique()
+    if isinstance(values[0], str):
+        return "classification"
+    if any(not float(v).is_integer() for v in values):
+        return "regression"
+    if len(values) <= 2:
+        return "classification"
+    shown = ", ".join(map(str, sorted(values)[:5])) + (", ..." if len(values) > 5 else "")
+    raise TaskFileError(f"{name}: labels in column {column!r} are {len(values)} integers ({shown}): classes or scores? "
+                        f"set the task option task_type to classification or regression")
+
+
+def _check_splits(name: str, unit: str, frame: pd.DataFrame, label_column: str, task_type: str) -> None:
+    splits = frame["split"].map(str)
+    unknown = frame[~splits.isin(SPLITS)]
+    if not unknown.empty:
+        raise TaskFileError(f"{name} {unit} {unknown[LINE].iloc[0]}: unknown values {sorted(set(splits[~splits.isin(SPLITS)]))} "
+                            f"in column 'split'; expected {', '.join(SPLITS)}")
+    for split in SPLITS:
+        if not (splits == split).any():
+            raise TaskFileError(f"{name}: split {split!r} has no rows; a split column needs train, validation and test rows")
+    if task_type == "classification":
+        seen = set(frame.loc[splits == "train", label_column])
+        unseen = frame[(splits != "train") & ~frame[label_column].isin(seen)]
+        if not unseen.empty:
+            row = unseen.iloc[0]
+            raise TaskFileError(f"{name} {unit} {row[LINE]}: label {row[label_column]!r} in the {row['split']} split "
+                                f"never occurs in train")
+
+
+def _read_csv(path: Path, encoding: str) -> tuple[pd.DataFrame, str]:
+    try:
+        text = path.read_bytes().decode(encoding)
+    except UnicodeDecodeError as error:
+        raise TaskFileError(f"{path.name}: not {encoding} text (byte {error.object[error.start]:#04x} at offset "
+                            f"{error.start}); pass the file's encoding as the task option encoding, e.g. latin-1") from None
+    except LookupError:
+        raise TaskFileError(f"encoding={encoding!r} is not an encoding Python knows") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise TaskFileError(f"{path.name}: no header") from None
+    except csv.Error as error:
+        raise TaskFileError(f"{path.name} line 1: {error}") from None
+    duplicates = sorted({c for c in header if header.count(c) > 1})
+    if duplicates:
+        raise TaskFileError(f"{path.name}: duplicate column names {duplicates}")
+    rows, lines = [], []
+    try:
+        for row in reader:
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                raise TaskFileError(f"{path.name} line {reader.line_num}: {len(row)} fields, header has {len(header)}")
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as error:
+        raise TaskFileError(f"{path.name} line {reader.line_num}: {error}") from None
+    return pd.DataFrame(rows, columns=header, dtype=object).assign(**{LINE: lines}), "line"
+
+
+def _read_jsonl(path: Path, encoding: str) -> tuple[pd.DataFrame, str]:
+    try:
+        text = path.read_text(encoding=encoding)
+    except UnicodeDecodeError as error:
+        raise TaskFileError(f"{path.name}: not {encoding} text (byte {error.object[error.start]:#04x} at offset "
+                            f"{error.start}); pass the file's encoding as the task option encoding") from None
+    records, lines = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TaskFileError(f"{path.name} line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise TaskFileError(f"{path.name} line {number}: a JSON object per line expected, got {type(record).__name__}")
+        records.append(record)
+        lines.append(number)
+    return pd.DataFrame.from_records(records).assign(**{LINE: lines}), "line"
+
+
+def _read_parquet(path: Path, encoding: str) -> tuple[pd.DataFrame, str]:
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TaskFileError(f"{path.name}: not a readable parquet file ({reason})") from None
+    duplicates = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    if duplicates:
+        raise TaskFileError(f"{path.name}: duplicate column names {duplicates}")
+    return frame.reset_index(drop=True).assign(**{LINE: range(1, len(frame) + 1)}), "row"

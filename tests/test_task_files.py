@@ -1,0 +1,91 @@
+"""Local task files: every malformed file is refused before tokenisation, in one line naming file, line and column."""
+
+import re
+
+import pandas as pd
+import pytest
+
+from propetl.cli import main
+from propetl.data import get_task_spec, load_task
+from propetl.task_files import read_task_file
+
+GOOD = "text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+
+
+def _write(tmp_path, name: str, content: str | bytes):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+CASES = {
+    # case: (file name, content, task options, what the one line must say)
+    "empty file": ("data.csv", "", {}, r"^data\.csv: the file is empty$"),
+    "header only": ("data.csv", "text,label\n", {}, r"^data\.csv: no rows$"),
+    "missing columns": ("data.csv", "review,stars\ngood,5\n", {}, r"columns \['text', 'label'\] not found; the file has \['review', 'stars'\]"),
+    "not utf-8": ("data.csv", "text,label\ncaf\xe9 au lait,pos\nbad,neg\n".encode("latin-1"), {},
+                  r"^data\.csv: not utf-8 text \(byte 0xe9 at offset 14\); pass the file's encoding as the task option encoding"),
+    "ragged row": ("data.csv", GOOD + "one,two,three\n", {}, r"^data\.csv line 22: 3 fields, header has 2$"),
+    "duplicate columns": ("data.csv", "text,text,label\na,b,pos\n", {}, r"^data\.csv: duplicate column names \['text'\]$"),
+    "broken json line": ("data.jsonl", '{"text": "a", "label": "pos"}\n{"text": "b", "label": nul}\n', {},
+                         r"^data\.jsonl line 2: not valid JSON \(Expecting value at column 24\)$"),
+    "json array line": ("data.jsonl", '{"text": "a", "label": "pos"}\n["b", "neg"]\n', {}, r"^data\.jsonl line 2: a JSON object per line expected, got list$"),
+    "empty text": ("data.csv", GOOD + " ,pos\n,neg\n", {}, r"^data\.csv line 22: empty or missing text in column 'text' \(1 more rows like it\)$"),
+    "missing text field": ("data.jsonl", '{"text": "a", "label": "pos"}\n{"label": "neg"}\n', {}, r"^data\.jsonl line 2: empty or missing text in column 'text'$"),
+    "missing label": ("data.csv", GOOD + "review x,\n", {}, r"^data\.csv line 22: no label in column 'label'$"),
+    "one class": ("data.csv", "text,label\na,pos\nb,pos\n", {}, r"^data\.csv: column 'label' has one class \('pos'\); a classifier needs at least two"),
+    "mixed label types": ("data.csv", "text,label\na,pos\nb,1\nc,neg\n", {}, r"^data\.csv line 2: label 'pos' is text but line 3 has the number '1'; a label column holds one type$"),
+    "integer labels, type unsaid": ("data.csv", "text,label\na,1\nb,2\nc,3\n", {}, r"^data\.csv: labels in column 'label' are 3 integers \(1, 2, 3\): classes or scores\? set the task option task_type"),
+    "text labels as regression": ("data.csv", GOOD, {"task_type": "regression"}, r"^data\.csv line 2: label 'neg' is not a number \(task_type regression\)$"),
+    "unknown split": ("data.csv", "text,label,split\na,pos,train\nb,neg,dev\n", {}, r"^data\.csv line 3: unknown values \['dev'\] in column 'split'"),
+    "empty split": ("data.csv", "text,label,split\na,pos,train\nb,neg,train\nc,neg,test\n", {}, r"^data\.csv: split 'validation' has no rows"),
+    "label unseen in train": ("data.csv", "text,label,split\na,pos,train\nb,neg,train\nc,neg,validation\nd,meh,test\n", {},
+                              r"^data\.csv line 5: label 'meh' in the test split never occurs in train$"),
+    "corrupt parquet": ("data.parquet", b"PAR1 this is not parquet PAR1", {}, r"^data\.parquet: not a readable parquet file"),
+    "unknown task type": ("data.csv", GOOD, {"task_type": "ranking"}, r"task_type='ranking' is not supported; allowed: classification, regression"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_malformed_task_file_is_refused_in_one_line(case, tmp_path):
+    name, content, options, message = CASES[case]
+    path = _write(tmp_path, name, content)
+    with pytest.raises(ValueError) as error:
+        get_task_spec(str(path), **options)
+    assert re.search(message, str(error.value)), str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_missing_file_is_named_as_missing(tmp_path):
+    with pytest.raises(ValueError, match=r"nothere\.csv: no such file"):
+        get_task_spec(str(tmp_path / "nothere.csv"))
+
+
+def test_the_encoding_option_reads_a_latin_1_file(tmp_path):
+    path = _write(tmp_path, "data.csv", ("text,label\n" + "".join(f"caf\xe9 {i},{i % 2}\n" for i in range(20))).encode("latin-1"))
+    dsdict = load_task(str(path), encoding="latin-1")
+    assert any("café" in text for text in dsdict["train"]["text_a"])
+
+
+def test_labels_are_inferred_only_where_they_leave_no_doubt(tmp_path):
+    scores = _write(tmp_path, "scores.csv", "text,label\na,0.5\nb,1.25\nc,3\n")
+    binary = _write(tmp_path, "binary.csv", "text,label\na,0\nb,1\nc,1\n")
+    stars = _write(tmp_path, "stars.csv", "text,label\na,1\nb,2\nc,3\n")
+    assert read_task_file(scores).task_type == "regression"
+    assert read_task_file(binary).task_type == "classification" and read_task_file(binary).label_names == ("0", "1")
+    assert read_task_file(stars, task_type="classification").label_names == ("1", "2", "3")
+    assert read_task_file(stars, task_type="regression").label_names == ()
+
+
+def test_a_well_formed_file_keeps_its_rows_and_labels(tmp_path):
+    table = read_task_file(_write(tmp_path, "data.csv", GOOD))
+    assert len(table.frame) == 20 and table.label_names == ("neg", "pos") and table.task_type == "classification"
+    pd.testing.assert_series_equal(table.frame["_line"], pd.Series(range(2, 22), name="_line"))
+
+
+def test_the_cli_stops_on_a_bad_file_before_loading_anything(tmp_path):
+    path = _write(tmp_path, "data.csv", GOOD + "one,two,three\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "tiny-bert", "--task", str(path), "--method", "adapter", "--out", str(tmp_path / "run")])
+    assert str(exit_info.value.code) == "propetl train: error: data.csv line 22: 3 fields, header has 2"
+    assert not (tmp_path / "run").exists()
