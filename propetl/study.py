@@ -107,8 +107,9 @@ def check_schema(config: dict, schema: dict) -> None:
         allowed = _allowed_keys(schema, error.schema)
         unknown = sorted(set(error.instance) - set(allowed))
         raise StudyError(f"config: unknown key {', '.join(map(repr, unknown))} in {where}; allowed: {', '.join(allowed)}")
-    hint = error.schema.get("description") if isinstance(error.schema, dict) else None
-    raise StudyError(f"config: {where}: {error.message}" + (f" ({hint})" if hint else ""))
+    hint = error.schema.get("description") if isinstance(error.schema, dict) and error.absolute_path else None
+    message = " ".join(f"{error.message} ({hint})".split() if hint else error.message.split())  # one line
+    raise StudyError(f"config: {where}: {message}")
 
 
 def _fill_defaults(value: Any, schema: dict, root: dict) -> Any:

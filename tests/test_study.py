@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from conftest import STUDY_CONFIGS
 
 from propetl.study import RESOURCE_DEFAULTS, Study, StudyError, flags, typed
@@ -106,6 +108,7 @@ BAD = {
     "lora rank 0": (_bad(lambda c: c["methods"][6]["params"].update(lora_r=0)), ["methods[6]", "lora_r=0 must be a positive integer"]),
     "negative seed": (_bad(lambda c: c.update(seeds=[1, -2])), ["seeds", "seed=-2"]),
     "empty methods": (_bad(lambda c: c.update(methods=[])), ["methods", "non-empty"]),
+    "missing model": (_bad(lambda c: c.pop("model")), ["config: top level: 'model' is a required property"]),
     "nothing enabled": (_bad(lambda c: [m.update(enabled=False) for m in c["methods"]]), ["methods", "no enabled entry"]),
     "duplicate label": (_bad(lambda c: c["methods"][1].update(label="full")), ["label 'full' is used twice"]),
     "unknown top-level key": (_bad(lambda c: c.update(epochs=3)), ["'epochs'", "top level", "allowed: output"]),
@@ -139,3 +142,63 @@ def test_planning_a_study_imports_neither_torch_nor_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- fuzzing the loader
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _paths(value, prefix=()):
+    """Every key path of a config, to aim a mutation at."""
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, (*prefix, index))
+
+
+@st.composite
+def mutated_configs(draw):
+    cfg = copy.deepcopy(config(draw(st.sampled_from(sorted(CONFIGS)))))
+    for _ in range(draw(st.integers(1, 4))):
+        paths = [p for p in _paths(cfg) if p]
+        path = draw(st.sampled_from(paths))
+        parent = cfg
+        for key in path[:-1]:
+            parent = parent[key]
+        action = draw(st.sampled_from(["replace", "delete", "add"]))
+        if action == "replace":
+            parent[path[-1]] = draw(JSON)
+        elif action == "delete":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[draw(st.text(max_size=10))] = draw(JSON)
+    return cfg
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=mutated_configs())
+def test_a_mutated_config_is_accepted_or_refused_in_one_line_never_with_a_traceback(cfg):
+    try:
+        loaded = study(cfg)
+    except StudyError as error:
+        message = str(error)
+        assert message.startswith("config: ") and "\n" not in message
+        return
+    for run in loaded.grid():  # an accepted config plans: every job has its command line
+        loaded.train_flags(run.task, run.label, run.sparsity, run.seed)
+
+
+@settings(max_examples=100, deadline=None)
+@given(cfg=JSON)
+def test_any_json_value_as_a_config_is_refused_in_one_line(cfg):
+    with pytest.raises(StudyError) as error:
+        study(cfg)
+    assert "\n" not in str(error.value)
