@@ -28,7 +28,7 @@ from transformers import PreTrainedModel
 
 from .atomic import atomic_dir
 from .config import PETLConfig
-from .masks import Mask
+from .masks import Mask, kept_count
 from .architectures import encoder_layers
 from .petl_model import apply_petl, backbone_parameters, head_modules, layer_masks, petl_config_of, prototype_layers, prototypes
 
@@ -137,7 +137,13 @@ def load_masks(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     missing = sorted(set(shapes) - set(packed))
     if missing:
         raise ValueError(f"masks {missing[:3]} are missing from {directory}/{MASKS_FILE}")
-    return {key: unpack_bits(packed[key], tuple(shape)) for key, shape in shapes.items()}
+    masks = {}
+    for key, shape in shapes.items():
+        try:
+            masks[key] = unpack_bits(packed[key], tuple(shape))
+        except ValueError as error:
+            raise ValueError(f"mask {key} in {MASKS_FILE} {error.args[0].removeprefix('packed mask ')}") from None
+    return masks
 
 
 def _check_backbone(described: dict[str, Any], model: PreTrainedModel) -> None:
@@ -181,7 +187,12 @@ def load_mask_bits(model: PreTrainedModel, masks: dict[str, torch.Tensor]) -> No
         for name, mask in list(layer.masks.items()):
             if f"{key}.{name}" not in masks:
                 raise ValueError(f"mask {key}.{name} is missing from the artifact")
-            layer.masks[name] = Mask(mask.shape, config.sparsity, masks[f"{key}.{name}"])
+            bits = masks[f"{key}.{name}"]
+            kept = kept_count(bits.numel(), config.sparsity)
+            if int(bits.sum()) != kept:  # every stored mask keeps exactly k entries: anything else was altered
+                raise ValueError(f"mask {key}.{name} keeps {int(bits.sum())} of {bits.numel()} entries; "
+                                 f"sparsity {config.sparsity:g} keeps {kept}")
+            layer.masks[name] = Mask(mask.shape, config.sparsity, bits)
 
 
 def load_petl(backbone: PreTrainedModel, directory: str | os.PathLike) -> PreTrainedModel:
@@ -192,7 +203,11 @@ def load_petl(backbone: PreTrainedModel, directory: str | os.PathLike) -> PreTra
     for name in (PROTOTYPE_FILE, MASKS_FILE, HEAD_FILE):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"artifact file {directory / name} is missing")
-    model = apply_petl(backbone, PETLConfig.from_dict(described["petl_config"]))
+    try:
+        config = PETLConfig.from_dict(described["petl_config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{directory / CONFIG_FILE}: {error}") from None
+    model = apply_petl(backbone, config)
     load_prototype(model, directory / PROTOTYPE_FILE)
     load_mask_bits(model, load_masks(directory))
     load_head(model, directory / HEAD_FILE)

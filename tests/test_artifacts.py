@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -133,3 +134,67 @@ def test_merge_materialises_each_layers_masked_tensors_as_buffers():
     proto = prototypes(model)["ffn"]
     expected = proto.weights["down"][0] * layer.masks["down"]()
     torch.testing.assert_close(layer.down, expected)
+
+
+# ---------------------------------------------------------------- tampered artifacts
+
+
+def _tamper_config(directory, **changes):
+    path = directory / "petl_config.json"
+    described = json.loads(path.read_text())
+    for key, value in changes.items():
+        target = described
+        *parents, last = key.split(".")
+        for part in parents:
+            target = target[part]
+        target[last] = value
+    path.write_text(json.dumps(described))
+
+
+def _rewrite_mask(directory, change):
+    from safetensors.torch import load_file, save_file
+
+    masks = load_file(directory / "masks.safetensors")
+    key = sorted(masks)[0]
+    masks[key] = change(masks[key])
+    save_file(masks, str(directory / "masks.safetensors"))
+    return key
+
+
+TAMPERED = {
+    # case: (how the saved propetl-adapter artifact is changed, what the one line says)
+    "unknown method": (lambda d: _tamper_config(d, **{"petl_config.method": "ia3", "method": "ia3"}),
+                       r"petl_config\.json: method='ia3' is not supported"),
+    "config of other shapes": (lambda d: _tamper_config(d, **{"petl_config.reduction_factor": 4}),
+                               r"prototype tensor 'down' has shape \(1, 2, 32\) in the artifact but \(1, 8, 32\) in this model"),
+    "newer format": (lambda d: _tamper_config(d, format="propetl-artifact/99"), r"has format 'propetl-artifact/99'; this version reads"),
+    "truncated mask": (lambda d: _rewrite_mask(d, lambda t: t[:-1].clone()), r"mask layer\.0\.ffn\.down in masks\.safetensors has 7 bytes, expected 8 for shape \(2, 32\)"),
+    "padded mask": (lambda d: _rewrite_mask(d, lambda t: torch.cat([t, t[:1]])), r"has 9 bytes, expected 8"),
+    "wrong number of ones": (lambda d: _rewrite_mask(d, lambda t: torch.full_like(t, 255)),
+                             r"mask layer\.0\.ffn\.down keeps 64 of 64 entries; sparsity 0\.5 keeps 32"),
+    "truncated file": (lambda d: (d / "masks.safetensors").write_bytes((d / "masks.safetensors").read_bytes()[:-5]),
+                       r"masks\.safetensors is corrupt or not a safetensors file"),
+    "foreign safetensors": (lambda d: __import__("safetensors.torch").torch.save_file({"weight": torch.ones(3)}, str(d / "prototype.safetensors")),
+                            r"prototype tensor 'down' missing from artifact"),
+}
+
+
+@pytest.mark.parametrize("case", TAMPERED)
+def test_a_tampered_artifact_fails_with_one_clear_line(case, tmp_path):
+    save_petl(trained_like("propetl-adapter"), tmp_path / "a")
+    tamper, message = TAMPERED[case]
+    tamper(tmp_path / "a")
+    with pytest.raises(ValueError) as error:
+        load_petl(tiny_classifier(), tmp_path / "a")
+    assert re.search(message, str(error.value)), str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_loading_an_artifact_never_unpickles(tmp_path, monkeypatch):
+    import pickle
+
+    save_petl(trained_like("propetl-lora"), tmp_path / "a")
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, lambda *a, **k: pytest.fail("an artifact was unpickled"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load reads pickles"))
+    load_petl(tiny_classifier(), tmp_path / "a")

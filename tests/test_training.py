@@ -84,6 +84,22 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(sentiment_csv, 
     assert "resuming from" in (tmp_path / "killed" / "train.log").read_text()
 
 
+def test_resuming_reads_trainer_checkpoints_as_weights_only(sentiment_csv, tmp_path, monkeypatch):
+    # no pickle from a checkpoint folder is ever executed: every torch.load is weights_only
+    petl = PETLConfig(method="adapter")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(sentiment_csv, tmp_path / "killed"), petl, callbacks=[_Kill()])
+    calls, real_load = [], torch.load
+
+    def recording_load(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    train(config(sentiment_csv, tmp_path / "killed"), petl)
+    assert calls and all(weights_only is True for weights_only in calls)
+
+
 def test_a_checkpoint_without_its_clock_gives_an_unknown_train_time_not_a_wrong_one(sentiment_csv, tmp_path):
     petl = PETLConfig(method="adapter")
     with pytest.raises(KeyboardInterrupt):
