@@ -51,6 +51,9 @@ def _train(args: argparse.Namespace) -> None:
     from .training import train
 
     result = train(*_configs(args))
+    if result["status"] != "ok":
+        print(f"{result['status']} at step {result['diverged_at_step']}: {result['reason']} (recorded in {args.out}/metrics.json)")
+        return
     print(f"val {result['val']}  test {result['test']}  storage {result['storage']['storage_pct']:.4f}% of backbone")
 
 

@@ -76,23 +76,32 @@ def collect_runs(results_root: str | Path, run_dirs: Sequence[str | Path] | None
         rows.append(row)
     runs = pd.DataFrame(rows)
     runs["sparsity"] = runs["sparsity"].astype(float)
+    # runs recorded before metrics.json had a status finished normally
+    runs["status"] = runs["status"].fillna("ok") if "status" in runs else "ok"
     return runs.sort_values(["task", "label", "sparsity", "seed"], na_position="first", ignore_index=True)
 
 
 def cell_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof=1, NaN for one seed) and n_seeds per (task, label, sparsity).
+    """Mean, std (ddof=1, NaN for one seed) and n_seeds per (task, label, sparsity), over finished runs.
 
     Scores come out in percent as ``test_<metric>_mean`` / ``test_<metric>_std``;
     storage columns are averaged, being identical across seeds of one cell.
+    ``n_diverged`` counts the cell's runs that diverged: they have no score, so they
+    are left out of the means and shown beside them instead.
     """
     tests = [c for c in runs.columns if c.startswith("test_")]
-    frame = runs[CELL_KEYS + ["storage_pct", "artifact_bytes"]].join(runs[tests] * 100.0)
+    ok = runs[runs["status"] == "ok"]
+    frame = ok[CELL_KEYS + ["storage_pct", "artifact_bytes"]].join(ok[tests] * 100.0)
     grouped = frame.groupby(CELL_KEYS, dropna=False, sort=False)
     stats = grouped[tests].agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats["n_seeds"] = grouped.size()
     stats[["storage_pct", "artifact_bytes"]] = grouped[["storage_pct", "artifact_bytes"]].mean()
-    return stats.reset_index()
+    diverged = runs[runs["status"] != "ok"].groupby(CELL_KEYS, dropna=False, sort=False).size().rename("n_diverged")
+    cells = stats.join(diverged, how="outer").reset_index()
+    cells["n_seeds"] = cells["n_seeds"].fillna(0).astype(int)
+    cells["n_diverged"] = cells["n_diverged"].fillna(0).astype(int)
+    return cells
 
 
 def row_name(label: str, sparsity: float | None) -> str:
@@ -145,16 +154,18 @@ def _mean_pm_std(mean: float, std: float, pm: str) -> str:
 
 
 def render_paper_table(runs: pd.DataFrame, pm: str = " ± ") -> pd.DataFrame:
-    """paper_table as display strings: ``mean ± std`` over seeds per task.
+    """paper_table as display strings: ``mean ± std`` over seeds per task, and how many runs diverged.
 
     Avg shows the mean only: a std of an average over different tasks is not a
     quantity the seeds measure.
     """
     table = paper_table(runs)
-    stds = _pivot(_ordered_cells(runs), f"{HEADLINE}_std")
+    cells = _ordered_cells(runs)
+    stds, diverged = _pivot(cells, f"{HEADLINE}_std"), _pivot(cells, "n_diverged")
     shown = pd.DataFrame(index=table.index)
     for task in stds.columns:
-        shown[task] = [_mean_pm_std(m, s, pm) for m, s in zip(table[task], stds[task])]
+        shown[task] = [_mean_pm_std(m, s, pm) + (f" ({d:.0f} diverged)" if d > 0 else "")
+                       for m, s, d in zip(table[task], stds[task], diverged[task].fillna(0))]
     shown["Avg"] = [_mean_pm_std(m, float("nan"), pm) for m in table["Avg"]]
     shown[STORED_COL] = [f"{v:.3g}" for v in table[STORED_COL]]
     shown[BYTES_COL] = [f"{v:,.0f}" for v in table[BYTES_COL]]
@@ -201,7 +212,7 @@ def _main_method_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """
     learned = runs.get("mask_mode", pd.Series(None, index=runs.index)).fillna("learned") == "learned"
     shared = runs.get("share", pd.Series(None, index=runs.index)).fillna("layers") == "layers"
-    return runs[learned & shared]
+    return runs[learned & shared & (runs["status"] == "ok")]
 
 
 def has_budget_ladder(runs: pd.DataFrame) -> bool:

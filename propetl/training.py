@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import resource
 import shutil
 import time
@@ -78,15 +79,42 @@ def parameter_groups(model: torch.nn.Module, cfg: TrainConfig, decay_names: Coll
     return [g for g in groups if g["params"]]
 
 
+# A training loss this many times the first step's (e.g. 70 for a fresh binary classifier's 0.69) is a
+# run that blew up, however finite: at lr 1e4 the loss reaches 1e5 and would otherwise be recorded as a run.
+DIVERGENCE_FACTOR = 100.0
+
+
+class Diverged(RuntimeError):
+    """A non-finite loss or gradient, or an exploded loss: the run stops at that step and is recorded as diverged."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"diverged at step {step}: {reason}")
+        self.step, self.reason = step, reason
+
+
 class _PETLTrainer(Trainer):
     def __init__(self, *args, run_config: TrainConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_config = run_config
+        self.first_loss: float | None = None  # of this session: a resumed run compares with its first step
 
     def evaluate(self, *args, **kwargs):
         # Trainer autocasts training steps only; evaluation in fp32 costs ~2x on CPU
         with torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=self.run_config.bf16):
             return super().evaluate(*args, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        step = self.state.global_step + 1
+        value = loss.item()
+        if self.first_loss is None:
+            self.first_loss = value
+        if not math.isfinite(value) or value > DIVERGENCE_FACTOR * max(self.first_loss, 1e-2):
+            raise Diverged(step, f"loss {value:.4g} (first step: {self.first_loss:.4g})")
+        norms = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+        if norms and not torch.isfinite(torch.stack(norms).sum()):
+            raise Diverged(step, "non-finite gradient")
+        return loss
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -280,19 +308,9 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
     return Fitted(cfg, trainer, data, info, seconds, None if seconds is None else examples / seconds)
 
 
-def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
-    """Run (or resume) one training run and return its metrics (also written to metrics.json)."""
-    fitted = fit(train_config, petl_config)
-    cfg, trainer, files = fitted.config, fitted.trainer, RunFiles(Path(fitted.config.out))
-    model = trainer.model
-    best_step = _best_step(trainer.state.best_model_checkpoint)
-    val = _validation_at(files.history, best_step)
-    test = _strip(trainer.evaluate(fitted.data["test"], metric_key_prefix="test"), "test_")
-    model.eval()
-    backbone = model_identity(cfg.model)
-    artifact = save_petl(model, files.artifact, backbone=backbone)
-    report = storage_report(model)
-    metrics_out = {
+def _run_identity(cfg: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
+    """What a metrics.json says about which run it is, whatever the run's outcome."""
+    return {
         "task": cfg.task,
         "label": cfg.label or petl_config.method,
         "method": petl_config.method,
@@ -302,12 +320,52 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "data_seed": cfg.data_seed,
         "model": cfg.model,
+        "max_steps": cfg.max_steps,
+    }
+
+
+def _finish(cfg: TrainConfig, petl_config: PETLConfig, metrics_out: dict[str, Any], data_info: dict[str, Any] | None) -> dict[str, Any]:
+    """Provenance, then checkpoints away, then metrics.json last: its presence means the run is over."""
+    files = RunFiles(Path(cfg.out))
+    write_json(files.provenance, provenance({"train": dataclasses.asdict(cfg), "petl": petl_config.to_dict(),
+                                             "backbone": model_identity(cfg.model), "data": data_info}))
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(files.checkpoints, ignore_errors=True)
+    write_json(files.metrics, metrics_out)
+    return metrics_out
+
+
+def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
+    """Run (or resume) one training run and return its metrics (also written to metrics.json).
+
+    A run whose loss or gradient turns non-finite stops there: its metrics.json says
+    ``status: diverged`` with the step and no scores, so that a study goes on with its
+    other runs and the tables count it instead of averaging over what is left.
+    """
+    try:
+        fitted = fit(train_config, petl_config)
+    except Diverged as diverged:
+        cfg = resolve(train_config, petl_config)
+        log.warning("%s", diverged)
+        return _finish(cfg, petl_config, {**_run_identity(cfg, petl_config), "status": "diverged",
+                                          "diverged_at_step": diverged.step, "reason": diverged.reason, "val": {}, "test": {}},
+                       data_info=None)
+    cfg, trainer, files = fitted.config, fitted.trainer, RunFiles(Path(fitted.config.out))
+    model = trainer.model
+    best_step = _best_step(trainer.state.best_model_checkpoint)
+    val = _validation_at(files.history, best_step)
+    test = _strip(trainer.evaluate(fitted.data["test"], metric_key_prefix="test"), "test_")
+    model.eval()
+    artifact = save_petl(model, files.artifact, backbone=model_identity(cfg.model))
+    report = storage_report(model)
+    metrics_out = {
+        **_run_identity(cfg, petl_config),
+        "status": "ok",
         "val": val,
         "test": test,
         "storage": report,
         "artifact_bytes": artifact_bytes(artifact),
         "trainable_params": report["trainable_params"],
-        "max_steps": cfg.max_steps,
         "steps": trainer.state.global_step,
         "best_step": best_step,
         "train_time_s": fitted.train_time_s,
@@ -315,12 +373,8 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
         "peak_memory_mb": _peak_memory_mb(),
         "split_sizes": fitted.info["split_sizes"],
     }
-    write_json(files.provenance, provenance({"train": dataclasses.asdict(cfg), "petl": petl_config.to_dict(), "backbone": backbone, "data": fitted.info}))
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(files.checkpoints, ignore_errors=True)
-    write_json(files.metrics, metrics_out)
     log.info("finished: val %s test %s", val, test)
-    return metrics_out
+    return _finish(cfg, petl_config, metrics_out, fitted.info)
 
 
 _TIMING = ("runtime", "samples_per_second", "steps_per_second")

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from . import runs
 from .atomic import write_json
 from .config import PETLConfig, TrainConfig, check_search_space
-from .training import fit
+from .training import Diverged, fit
 
 PRUNERS = ("median", "hyperband", "none")
 
@@ -84,6 +84,9 @@ def tune(
         try:
             fitted = fit(config, petl_config, callbacks=[_Report(trial)])
             return fitted.trainer.state.best_metric
+        except Diverged as diverged:  # too high a learning rate is a bad trial, not a failed study
+            trial.set_user_attr("pruned_because", str(diverged))
+            raise optuna.TrialPruned(str(diverged)) from None
         finally:
             shutil.rmtree(trial_out, ignore_errors=True)
 
@@ -91,6 +94,10 @@ def tune(
     if remaining > 0:
         study.optimize(objective, n_trials=remaining)
     shutil.rmtree(trials_dir, ignore_errors=True)
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        reasons = [t.user_attrs["pruned_because"] for t in study.trials if "pruned_because" in t.user_attrs]
+        raise ValueError(f"study {study.study_name}: no trial finished ({len(study.trials)} pruned"
+                         + (f"; first: {reasons[0]}" if reasons else "") + "); narrow the search space")
     best = study.best_trial
     result = {
         **best.params,

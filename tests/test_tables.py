@@ -5,6 +5,7 @@ The fixture: tasks glue-mrpc (accuracy, f1) and glue-rte (accuracy); labels bitf
 propetl-adapter-random at s=0.5 on glue-rte only (1 seed): 15 runs.
 """
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -218,3 +219,19 @@ def test_budget_tables_are_written_for_a_ladder_and_removed_without_one(budget_l
     single = [budget_ladder / "runs/rt/adapter-100/s-/seed1", budget_ladder / "runs/rt/propetl-adapter-100/s0.5/seed1"]
     tables.write_tables(budget_ladder, out, run_dirs=single)
     assert not (out / "budget.csv").exists() and not (out / "budget_gap.md").exists()
+
+
+def test_a_diverged_run_is_counted_beside_the_mean_never_averaged_in(tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "root")
+    run = tmp_path / "root/runs/glue-rte/adapter/s-/seed3"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({
+        "task": "glue-rte", "label": "adapter", "method": "adapter", "sparsity": None, "seed": 3, "status": "diverged",
+        "diverged_at_step": 7, "reason": "loss 1e+05", "val": {}, "test": {}}))
+    before = tables.cell_summary(tables.collect_runs(FIXTURE)).set_index(["task", "label"])
+    after = tables.cell_summary(tables.collect_runs(tmp_path / "root")).set_index(["task", "label"])
+    assert after.loc[("glue-rte", "adapter"), "n_diverged"] == 1 and before.loc[("glue-rte", "adapter"), "n_diverged"] == 0
+    assert after.loc[("glue-rte", "adapter"), "n_seeds"] == 2
+    assert after.loc[("glue-rte", "adapter"), "test_combined_score_mean"] == before.loc[("glue-rte", "adapter"), "test_combined_score_mean"]
+    shown = tables.render_paper_table(tables.collect_runs(tmp_path / "root"))
+    assert shown.loc["adapter", "glue-rte"].endswith(" (1 diverged)")

@@ -160,3 +160,17 @@ def test_weight_decay_reaches_weights_and_mask_scores_but_never_biases():
 def test_paper_defaults_fill_unset_learning_rates():
     cfg = resolve(TrainConfig(), PETLConfig(method="propetl-lora"))
     assert (cfg.lr, cfg.mask_lr, cfg.head_lr) == (1e-4, 3e-2, 1e-4)  # run_lora.sh
+
+
+def test_a_diverging_run_stops_and_is_recorded_as_diverged_not_scored(sentiment_csv, tmp_path):
+    result = train(config(sentiment_csv, tmp_path / "run", lr=1e4, head_lr=1e4), PETLConfig(method="adapter"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(result))
+    assert metrics["status"] == "diverged" and 1 <= metrics["diverged_at_step"] <= 16
+    assert metrics["test"] == {} and metrics["reason"].startswith(("loss", "non-finite"))
+    assert not (tmp_path / "run" / "artifact").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    assert (tmp_path / "run" / "provenance.json").is_file()
+
+
+def test_a_finished_run_says_ok(sentiment_csv, tmp_path):
+    assert train(config(sentiment_csv, tmp_path / "run", max_steps=4, eval_every=4), PETLConfig(method="bitfit"))["status"] == "ok"

@@ -33,3 +33,16 @@ def test_tuning_uses_validation_resumes_with_the_trials_it_has_and_writes_best_p
 def test_bad_search_spaces_are_rejected(space, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         tune(TrainConfig(), PETLConfig(method="adapter"), space, n_trials=1, storage=tmp_path / "j.log", out=tmp_path / "b.json")
+
+
+def test_a_diverging_trial_is_pruned_with_its_reason(sentiment_csv, tmp_path):
+    space = {"lr": {"low": 1e4, "high": 2e4}, "head_lr": {"low": 1e4, "high": 2e4}}
+    journal = tmp_path / "study" / "journal.log"
+    with pytest.raises(ValueError, match=r"no trial finished \(1 pruned; first: diverged at step \d+: loss .*\); narrow the search space"):
+        tune(config(sentiment_csv, tmp_path / "unused", max_steps=8), PETLConfig(method="adapter"), space,
+             n_trials=1, storage=journal, out=tmp_path / "study" / "best_params.json")
+    assert not (tmp_path / "study" / "best_params.json").exists()
+    study = optuna.load_study(study_name=optuna.get_all_study_names(JournalStorage(JournalFileBackend(str(journal))))[0],
+                              storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED]
+    assert study.trials[0].user_attrs["pruned_because"].startswith("diverged at step")
