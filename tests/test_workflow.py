@@ -7,6 +7,7 @@ so nothing here reads or writes the checkout's results/ or .snakemake/.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shlex
 import shutil
@@ -189,6 +190,17 @@ def test_budget_study_scales_only_the_steps_between_the_rungs_of_its_ladder(work
         assert argv.lr == 2e-3 and argv.warmup_ratio == 0.1 and argv.params is None  # everything else equal
         rungs.add((argv.method, scale))
     assert rungs == {(method, scale) for method in ("adapter", "propetl-adapter") for scale in (1, 2, 4)}
+
+
+def test_planning_any_committed_study_imports_no_torch(workdir, tmp_path):
+    # a torch that cannot be imported: planning must not need it (jobs do, planning does not)
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('planning imported torch')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    for name, path in STUDIES.items():
+        result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--nolock", "--configfile", str(path)],
+                                cwd=workdir, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
 
 
 def test_config_overrides_on_the_command_line_are_typed_merged_and_checked(workdir):
