@@ -51,7 +51,7 @@ import pandas as pd
 
 from propetl import resources
 from propetl.atomic import atomic_dir
-from propetl.task_files import FILE_SUFFIXES, TaskTable, read_task_file
+from propetl.task_files import FILE_SUFFIXES, TaskTable, read_rows, read_task_file
 
 if TYPE_CHECKING:
     from datasets import DatasetDict, Features
@@ -199,10 +199,10 @@ def _load_snli(spec: TaskSpec, data_seed: int, resources_dir: str | os.PathLike 
     return _to_dataset_dict(spec, {"train": pool[~in_validation], "validation": pool[in_validation], "test": test})
 
 
-def _read_glue(config: str, split: str, glue_dir: str | os.PathLike | None) -> pd.DataFrame:
+def _read_glue(config: str, split: str, glue_dir: str | os.PathLike | None, fields: Sequence[str] = ()) -> pd.DataFrame:
     glue_dir = glue_dir or os.environ.get(GLUE_DIR_ENV)
-    if glue_dir:
-        return _read_table(Path(glue_dir) / config / f"{split}.jsonl")
+    if glue_dir:  # a local copy is checked like any task file (one line naming file, line and column)
+        return read_rows(Path(glue_dir) / config / f"{split}.jsonl", fields, "label")[0]
     try:
         import datasets
 
@@ -224,8 +224,9 @@ def _torch_permute(frame: pd.DataFrame, data_seed: int) -> pd.DataFrame:
 
 def _load_glue(spec: TaskSpec, data_seed: int, *, config: str, large: bool,
                glue_dir: str | os.PathLike | None = None) -> DatasetDict:
-    train = _select(_read_glue(config, "train", glue_dir), spec)
-    official = _select(_read_glue(config, "validation_matched" if config == "mnli" else "validation", glue_dir), spec)
+    train = _select(_read_glue(config, "train", glue_dir, spec.text_fields), spec)
+    official = _select(_read_glue(config, "validation_matched" if config == "mnli" else "validation", glue_dir,
+                                  spec.text_fields), spec)
     if large:
         train = _torch_permute(train, data_seed)
         frames = {"train": train[GLUE_LARGE_VALIDATION_SIZE:], "validation": train[:GLUE_LARGE_VALIDATION_SIZE],

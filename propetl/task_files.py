@@ -39,13 +39,13 @@ class TaskTable:
     label_names: tuple[str, ...]  # classification: the classes, in sorted order; regression: ()
 
 
-def read_task_file(path: str | Path, text_columns: Sequence[str] = ("text",), label_column: str = "label",
-                   task_type: str | None = None, encoding: str = "utf-8") -> TaskTable:
-    """Read and check a task file; raises :class:`TaskFileError` on the first problem found."""
+def read_rows(path: str | Path, text_columns: Sequence[str], label_column: str, encoding: str = "utf-8") -> tuple[pd.DataFrame, str]:
+    """The rows of a table file, each with text and a label, and the unit its positions are in (line, row).
+
+    The checks every table needs, whatever its labels mean (also a local GLUE split file).
+    """
     path = Path(path)
     name = path.name
-    if task_type is not None and task_type not in TASK_TYPES:
-        raise TaskFileError(f"task_type={task_type!r} is not supported; allowed: {', '.join(TASK_TYPES)}")
     if not path.is_file():
         raise TaskFileError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -69,6 +69,17 @@ def read_task_file(path: str | Path, text_columns: Sequence[str] = ("text",), la
     unlabelled = frame[frame[label_column].map(lambda v: v is None or (isinstance(v, float) and pd.isna(v)) or v == "")]
     if not unlabelled.empty:
         raise TaskFileError(f"{where(unlabelled.iloc[0])}: no label in column {label_column!r}")
+    return frame, unit
+
+
+def read_task_file(path: str | Path, text_columns: Sequence[str] = ("text",), label_column: str = "label",
+                   task_type: str | None = None, encoding: str = "utf-8") -> TaskTable:
+    """Read and check a task file; raises :class:`TaskFileError` on the first problem found."""
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise TaskFileError(f"task_type={task_type!r} is not supported; allowed: {', '.join(TASK_TYPES)}")
+    frame, unit = read_rows(path, text_columns, label_column, encoding)
+    name = Path(path).name
+    where = lambda row: f"{name} {unit} {row[LINE]}"  # noqa: E731
     labels = frame[label_column].map(_as_label)
     kinds = labels.map(lambda v: "number" if isinstance(v, numbers.Number) else "text")
     if kinds.nunique() > 1:

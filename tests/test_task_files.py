@@ -1,6 +1,8 @@
 """Local task files: every malformed file is refused before tokenisation, in one line naming file, line and column."""
 
 import re
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -89,3 +91,13 @@ def test_the_cli_stops_on_a_bad_file_before_loading_anything(tmp_path):
         main(["train", "--model", "tiny-bert", "--task", str(path), "--method", "adapter", "--out", str(tmp_path / "run")])
     assert str(exit_info.value.code) == "propetl train: error: data.csv line 22: 3 fields, header has 2"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_local_glue_copy_is_checked_like_a_task_file(tmp_path):
+    glue = Path(__file__).parent / "fixtures" / "glue"
+    shutil.copytree(glue, tmp_path / "glue")
+    train = tmp_path / "glue" / "rte" / "train.jsonl"
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join([lines[0], lines[1][:-3], *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match=r"^train\.jsonl line 2: not valid JSON"):
+        load_task("glue-rte", glue_dir=tmp_path / "glue")
