@@ -177,8 +177,8 @@ class PETLConfig:
         if self.mask_seed is not None and (not isinstance(self.mask_seed, int) or self.mask_seed < 0):
             raise ValueError(f"mask_seed={self.mask_seed!r} must be a non-negative integer")
         bad = [t for t in self.lora_targets if t not in ("query", "key", "value")]
-        if bad or not self.lora_targets:
-            raise ValueError(f"lora_targets={list(self.lora_targets)!r} not supported; allowed: query, key, value")
+        if bad or not self.lora_targets or len(set(self.lora_targets)) < len(self.lora_targets):
+            raise ValueError(f"lora_targets={list(self.lora_targets)!r} not supported; allowed: query, key, value, each at most once")
 
     @property
     def is_propetl(self) -> bool:

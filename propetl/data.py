@@ -51,7 +51,7 @@ import pandas as pd
 
 from propetl import resources
 from propetl.atomic import atomic_dir
-from propetl.task_files import FILE_SUFFIXES, TaskTable, read_rows, read_task_file
+from propetl.task_files import FILE_SUFFIXES, SPLITS, TaskTable, read_rows, read_task_file
 
 if TYPE_CHECKING:
     from datasets import DatasetDict, Features
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 # datasets, transformers and the backbones (torch) are imported where data is loaded, not here:
 # the pipeline reads the task registry (TASKS) when it plans a study, which must stay fast.
 
-SPLITS = ("train", "validation", "test")
 GLUE_DIR_ENV = "PROPETL_GLUE_DIR"
 RT_TEST_SIZE, RT_VALIDATION_SIZE = 2000, 1000
 SNLI_VALIDATION_SIZE = 5000
@@ -202,7 +201,7 @@ def _load_snli(spec: TaskSpec, data_seed: int, resources_dir: str | os.PathLike 
 def _read_glue(config: str, split: str, glue_dir: str | os.PathLike | None, fields: Sequence[str] = ()) -> pd.DataFrame:
     glue_dir = glue_dir or os.environ.get(GLUE_DIR_ENV)
     if glue_dir:  # a local copy is checked like any task file (one line naming file, line and column)
-        return read_rows(Path(glue_dir) / config / f"{split}.jsonl", fields, "label")[0]
+        return read_rows(Path(glue_dir) / config / f"{split}.jsonl", fields, "label", require_text=False)[0]
     try:
         import datasets
 

@@ -16,12 +16,14 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from . import runs
+from .architectures import architecture_of, encoder_layers
 from .artifacts import load_petl, read_artifact_config
 from .atomic import atomic_dir
 from .backbones import load_model
+from .config import REGISTRY
 from .petl_model import head_modules, merge_masks, prototype_layers
 
-EXPORTABLE = ("lora", "propetl-lora")
+EXPORTABLE = tuple(name for name, method in REGISTRY.items() if method.module == "lora")
 
 
 def artifact_dir(run_or_artifact: str | os.PathLike) -> Path:
@@ -30,9 +32,9 @@ def artifact_dir(run_or_artifact: str | os.PathLike) -> Path:
     return runs.RunFiles(path).artifact if runs.RunFiles(path).artifact.is_dir() else path
 
 
-def _backbone(run_or_artifact: Path, described: dict) -> PreTrainedModel:
-    """The backbone the artifact was trained on; a run's seed rebuilds a built-in tiny model exactly."""
-    provenance = runs.RunFiles(run_or_artifact).provenance
+def _backbone(directory: Path, described: dict) -> PreTrainedModel:
+    """The backbone the artifact was trained on; its run's seed rebuilds a built-in tiny model exactly."""
+    provenance = runs.RunFiles(directory.parent).provenance  # the run holding this artifact/
     seed = json.loads(provenance.read_text())["config"]["train"]["seed"] if provenance.is_file() else 0
     regression = described["problem_type"] == "regression"
     return load_model(described["backbone"]["id"], described["num_labels"], regression, seed=seed)
@@ -45,7 +47,10 @@ def export_peft(run_or_artifact: str | os.PathLike, out: str | os.PathLike,
     ``backbone`` and ``fresh_backbone`` (two separate instances of the same pretrained model)
     default to the artifact's own backbone.
     """
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ValueError("exporting to PEFT needs the peft package: pip install peft") from None
 
     directory = artifact_dir(run_or_artifact)
     described = read_artifact_config(directory)
@@ -53,17 +58,18 @@ def export_peft(run_or_artifact: str | os.PathLike, out: str | os.PathLike,
         raise ValueError(f"method {described['method']!r} is not exportable to PEFT; exportable: {', '.join(EXPORTABLE)} "
                          f"(PEFT's LoRA format has no bottleneck adapters, prefixes or full/bitfit weights)")
     config = described["petl_config"]
-    model = merge_masks(load_petl(backbone or _backbone(Path(run_or_artifact), described), directory))
+    model = merge_masks(load_petl(backbone or _backbone(directory, described), directory))
     heads = head_modules(model)
     peft_model = get_peft_model(
-        fresh_backbone or _backbone(Path(run_or_artifact), described),
+        fresh_backbone or _backbone(directory, described),
         LoraConfig(task_type="SEQ_CLS", r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
                    target_modules=list(config["lora_targets"]), modules_to_save=[name.rsplit(".", 1)[-1] for name in heads]),
     )
     inner = peft_model.base_model.model
+    layers, attention = encoder_layers(inner), architecture_of(inner).self_attention
     for key, layer in prototype_layers(model).items():  # key: layer.{i}.{target}
         _, index, target = key.split(".")
-        lora = inner.base_model.encoder.layer[int(index)].attention.self.get_submodule(target)
+        lora = layers[int(index)].get_submodule(f"{attention}.{target}")
         weights = layer.weights()  # merged: the layer's masked A and B
         lora.lora_A["default"].weight.data.copy_(weights["A"])
         lora.lora_B["default"].weight.data.copy_(weights["B"])

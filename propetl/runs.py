@@ -25,11 +25,16 @@ JOURNAL = "journal.log"
 TRIALS = "trials"
 
 
-def sparsity_dir(sparsity: float | str | None) -> str:
-    """The folder of a sparsity: ``s0.5``, ``s-`` for methods without one (a wildcard string passes through)."""
+def sparsity_name(sparsity: float | str | None) -> str:
+    """A sparsity as it appears in folder names and a job's wildcards: ``0.5``, ``-`` for none (strings pass through)."""
     if isinstance(sparsity, str):
-        return f"s{sparsity}"
-    return "s-" if sparsity is None else f"s{float(sparsity):g}"
+        return sparsity
+    return "-" if sparsity is None else f"{float(sparsity):g}"
+
+
+def sparsity_dir(sparsity: float | str | None) -> str:
+    """The folder of a sparsity: ``s0.5``, ``s-`` for methods without one."""
+    return f"s{sparsity_name(sparsity)}"
 
 
 def run_dir(task: str, label: str, sparsity: float | str | None, seed: int | str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -182,13 +183,6 @@ class Study:
         self.task_names = {slug: name for name, slug in self.task_slugs.items()}
         self.entries = self._check_entries()
 
-    @classmethod
-    def from_files(cls, config_file: str | Path, schema_file: str | Path, overrides: dict | None = None) -> "Study":
-        """A config file with ``--config``-style overrides on top (what Snakemake does)."""
-        config = yaml.safe_load(Path(config_file).read_text())
-        config.update(typed(overrides or {}))
-        return cls(config, yaml.safe_load(Path(schema_file).read_text()))
-
     # ------------------------------------------------------------ validation
 
     def _check_tasks(self) -> dict[str, str]:
@@ -215,9 +209,12 @@ class Study:
     def _check_training(self, where: str, task: str, values: dict) -> None:
         """A task's training keys as a TrainConfig; the error names the section the bad key came from."""
         try:
-            TrainConfig(**values, **{k: self.tasks[task].get(k) for k in DATA_KEYS if self.tasks[task].get(k)})
+            TrainConfig(**values, **{k: self.tasks[task][k] for k in DATA_KEYS if self.tasks[task].get(k) is not None})
         except (TypeError, ValueError) as error:
-            key = str(error).split("=", 1)[0]
+            named = re.match(r"(\w+)=", str(error))  # the dataclasses' messages start with the key: "max_steps=0 ..."
+            key = named.group(1) if named else None
+            if key is None:
+                _fail(f"{where if where == 'tuning.training' else 'training'}: {error}")
             section = (f"tasks.{task}" if key in self.tasks[task] else
                        "tuning.training" if where == "tuning.training" and key in self.tuning["training"] else "training")
             _fail(f"{section}.{key}: {error}")
@@ -263,6 +260,8 @@ class Study:
             for task in self.tasks:
                 if "max_steps" not in self.task_training(task):
                     _fail(f"{where}.budget_scale: scales max_steps, but task {task!r} has none (set training.max_steps)")
+                scaled = self._scaled(self.task_training(task), entry["budget_scale"])
+                _checked(f"{where}.budget_scale", TrainConfig, **{**scaled, **train_params})
         if entry.get("search_space"):
             _checked(f"{where}.search_space", check_search_space, entry["search_space"])
 
@@ -280,7 +279,7 @@ class Study:
     def sparsities(self, entry: dict, task: str) -> list[str]:
         """Folder forms of the sweep values on a task that has a sweep, otherwise of the entry's sparsity."""
         values = entry["sweep"].get(task) or [self.default_sparsity(entry)]
-        return [runs.sparsity_dir(value)[1:] for value in values]
+        return [runs.sparsity_name(value) for value in values]
 
     def grid(self) -> list[Run]:
         """Every train job: entries x sparsities x tasks x seeds."""
@@ -309,7 +308,7 @@ class Study:
         if not self.is_tuned(label):
             return None
         if not self.tuning["tune_each_sparsity"]:
-            sparsity = runs.sparsity_dir(self.default_sparsity(self.entries[label]))[1:]
+            sparsity = runs.sparsity_name(self.default_sparsity(self.entries[label]))
         return self.path(f"{runs.tuning_dir(task, label, sparsity)}/{runs.BEST_PARAMS}")
 
     # ------------------------------------------------------------ command lines
@@ -352,11 +351,16 @@ class Study:
             **self._explicit(entry, {**training, **entry["params"]}),
         })
 
+    @staticmethod
+    def _scaled(training: dict, scale: float) -> dict:
+        """A rung of a budget ladder: max_steps and eval_every (its default too) times ``scale``."""
+        if scale == 1:
+            return training
+        eval_every = training.get("eval_every", TrainConfig.eval_every)
+        return {**training, "max_steps": round(training["max_steps"] * scale), "eval_every": round(eval_every * scale)}
+
     def train_flags(self, slug: str, label: str, sparsity: str, seed: int) -> str:
-        training = self.task_training(self.task_names[slug])
-        scale = self.entries[label]["budget_scale"]
-        if scale != 1:  # a rung of a budget ladder: max_steps and eval_every scaled
-            training |= {key: round(training[key] * scale) for key in ("max_steps", "eval_every") if key in training}
+        training = self._scaled(self.task_training(self.task_names[slug]), self.entries[label]["budget_scale"])
         return self._run_flags(slug, label, sparsity, seed, training)
 
     def tune_flags(self, slug: str, label: str, sparsity: str) -> str:

@@ -78,6 +78,9 @@ def collect_runs(results_root: str | Path, run_dirs: Sequence[str | Path] | None
     runs["sparsity"] = runs["sparsity"].astype(float)
     # runs recorded before metrics.json had a status finished normally
     runs["status"] = runs["status"].fillna("ok") if "status" in runs else "ok"
+    for column in ("storage_pct", "artifact_bytes", HEADLINE):  # absent when every run diverged
+        if column not in runs:
+            runs[column] = float("nan")
     return runs.sort_values(["task", "label", "sparsity", "seed"], na_position="first", ignore_index=True)
 
 

@@ -39,10 +39,12 @@ class TaskTable:
     label_names: tuple[str, ...]  # classification: the classes, in sorted order; regression: ()
 
 
-def read_rows(path: str | Path, text_columns: Sequence[str], label_column: str, encoding: str = "utf-8") -> tuple[pd.DataFrame, str]:
-    """The rows of a table file, each with text and a label, and the unit its positions are in (line, row).
+def read_rows(path: str | Path, text_columns: Sequence[str], label_column: str, encoding: str = "utf-8",
+              require_text: bool = True) -> tuple[pd.DataFrame, str]:
+    """The rows of a table file, each with a label (and, with ``require_text``, text), and the unit of its positions.
 
-    The checks every table needs, whatever its labels mean (also a local GLUE split file).
+    The checks every table needs, whatever its labels mean. A local GLUE copy passes
+    ``require_text=False``: it must read like the hub's, which keeps GLUE's few empty texts.
     """
     path = Path(path)
     name = path.name
@@ -61,7 +63,7 @@ def read_rows(path: str | Path, text_columns: Sequence[str], label_column: str, 
         raise TaskFileError(f"{name}: columns {missing} not found; the file has {[c for c in frame.columns if c != LINE]} "
                             f"(text_columns={list(text_columns)}, label_column={label_column!r})")
     where = lambda row: f"{name} {unit} {row[LINE]}"  # noqa: E731
-    for column in text_columns:
+    for column in text_columns if require_text else ():
         empty = frame[frame[column].map(lambda v: not isinstance(v, str) or not v.strip())]
         if not empty.empty:
             raise TaskFileError(f"{where(empty.iloc[0])}: empty or missing text in column {column!r}"
@@ -144,7 +146,7 @@ def _check_splits(name: str, unit: str, frame: pd.DataFrame, label_column: str, 
 
 def _read_csv(path: Path, encoding: str) -> tuple[pd.DataFrame, str]:
     try:
-        text = path.read_bytes().decode(encoding)
+        text = path.read_bytes().decode("utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
     except UnicodeDecodeError as error:
         raise TaskFileError(f"{path.name}: not {encoding} text (byte {error.object[error.start]:#04x} at offset "
                             f"{error.start}); pass the file's encoding as the task option encoding, e.g. latin-1") from None

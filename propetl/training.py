@@ -33,7 +33,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .artifacts import artifact_bytes, save_petl
 from .atomic import write_json, write_text
-from .config import PAPER_DEFAULTS, PETLConfig, TrainConfig
+from .config import FILE_TASK_OPTIONS, PAPER_DEFAULTS, PETLConfig, TrainConfig
 from .data import get_task_spec, load_prepared, prepare_task
 from .metrics import compute_metrics
 from .petl_model import apply_petl, head_modules, layer_masks, parameters_of
@@ -111,7 +111,8 @@ class _PETLTrainer(Trainer):
             self.first_loss = value
         if not math.isfinite(value) or value > DIVERGENCE_FACTOR * max(self.first_loss, 1e-2):
             raise Diverged(step, f"loss {value:.4g} (first step: {self.first_loss:.4g})")
-        norms = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+        # under fp16 the loss scaler expects overflowing gradients now and then (it skips that step)
+        norms = [] if self.args.fp16 else [p.grad.norm() for p in model.parameters() if p.grad is not None]
         if norms and not torch.isfinite(torch.stack(norms).sum()):
             raise Diverged(step, "non-finite gradient")
         return loss
@@ -388,7 +389,9 @@ def _strip(metrics: dict[str, float], prefix: str, drop: tuple[str, ...] = (*_TI
 def _discard_foreign_checkpoints(checkpoints: Path, cfg: TrainConfig, petl_config: PETLConfig) -> None:
     """Resume only what this exact config started: a changed lr or sparsity starts afresh."""
     ignored = ("out", "keep_checkpoints", "threads", "logging_steps", "prepared")
-    fingerprint = {"train": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}, "petl": petl_config.to_dict()}
+    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
+    train = {k: v for k, v in train.items() if k not in FILE_TASK_OPTIONS or v is not None}  # as before they existed
+    fingerprint = {"train": train, "petl": petl_config.to_dict()}
     marker = checkpoints / "run_config.json"
     if checkpoints.is_dir() and (not marker.is_file() or json.loads(marker.read_text()) != json.loads(json.dumps(fingerprint))):
         log.info("discarding checkpoints of another config in %s", checkpoints)

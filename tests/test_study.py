@@ -117,6 +117,12 @@ BAD = {
                                           ["tuning.search_space", "'adapter'"]),
     "untunable key": (_bad(lambda c: c["tuning"]["search_space"]["adapter"].update(epochs={"low": 1, "high": 2})),
                       ["tuning.search_space.adapter", "'epochs' is not tunable"]),
+    "both autocasts": (_bad(lambda c: c["training"].update(fp16=True)), ["config: training: bf16 and fp16 both set; choose one"]),
+    "cap of zero": (_bad(lambda c: c["tasks"]["snli"].update(max_train=0)), ["tasks.snli.max_train", "max_train=0 must be a positive integer"]),
+    "duplicate lora target": (_bad(lambda c: c["methods"][6]["params"].update(lora_targets=["query", "query"])),
+                              ["methods[6]", "each at most once"]),
+    "budget scaled to nothing": (_bad(lambda c: c["methods"][0].update(budget_scale=0.001)),
+                                 ["methods[0]", ".budget_scale", "=0 must be a positive integer"]),
     "budget_scale without max_steps": (
         _bad(lambda c: (c["methods"][0].update(budget_scale=2), c["training"].pop("max_steps"), c["tasks"]["snli"].pop("max_steps"))),
         ["methods[0]", "budget_scale", "'rt-polarity' has none"]),

@@ -101,3 +101,8 @@ def test_a_local_glue_copy_is_checked_like_a_task_file(tmp_path):
     train.write_text("\n".join([lines[0], lines[1][:-3], *lines[2:]]) + "\n")
     with pytest.raises(ValueError, match=r"^train\.jsonl line 2: not valid JSON"):
         load_task("glue-rte", glue_dir=tmp_path / "glue")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
+    path = _write(tmp_path, "data.csv", "\ufeff" + GOOD)
+    assert read_task_file(path).label_names == ("neg", "pos")
