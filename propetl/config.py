@@ -119,14 +119,16 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-def _allowed(name: str, value: Any, allowed: tuple) -> None:
+def check_allowed(name: str, value: Any, allowed: tuple) -> None:
+    """``name=value is not supported; allowed: ...``: the one message for a value outside a fixed set."""
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(str, allowed))}")
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
+def _whole(name: str, value: Any, minimum: int = 1) -> None:
+    """A count (minimum 1) or a seed (minimum 0): an int, not a bool or a float."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be a {'positive' if minimum == 1 else 'non-negative'} integer")
 
 
 @dataclass
@@ -148,11 +150,11 @@ class PETLConfig:
     prefix_mid_dim: int = _opt(512, "hidden size of the prefix reparameterisation MLP")
 
     def __post_init__(self) -> None:
-        _allowed("method", self.method, METHODS)
+        check_allowed("method", self.method, METHODS)
         self.lora_targets = list(self.lora_targets)
         if self.is_propetl:
-            _allowed("mask_mode", self.mask_mode, MASK_MODES)
-            _allowed("share", self.share, SHARE_MODES)
+            check_allowed("mask_mode", self.mask_mode, MASK_MODES)
+            check_allowed("share", self.share, SHARE_MODES)
             if self.mask_mode == "none":
                 if self.sparsity is not None:  # a run table must not show an s= that nothing applied
                     raise ValueError(f"sparsity={self.sparsity!r} given with mask_mode='none'; without masks there is no sparsity")
@@ -169,13 +171,13 @@ class PETLConfig:
                         f"{name}={getattr(self, name)!r} given for method {self.method!r}; only {', '.join(PROPETL_METHODS)} take a {name}"
                     )
         for name in ("reduction_factor", "lora_r", "prefix_length", "prefix_mid_dim"):
-            _positive_int(name, getattr(self, name))
+            _whole(name, getattr(self, name))
         if not self.lora_alpha > 0:
             raise ValueError(f"lora_alpha={self.lora_alpha!r} must be positive")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout={self.lora_dropout!r} must be in [0, 1)")
-        if self.mask_seed is not None and (not isinstance(self.mask_seed, int) or self.mask_seed < 0):
-            raise ValueError(f"mask_seed={self.mask_seed!r} must be a non-negative integer")
+        if self.mask_seed is not None:
+            _whole("mask_seed", self.mask_seed, minimum=0)
         bad = [t for t in self.lora_targets if t not in ("query", "key", "value")]
         if bad or not self.lora_targets or len(set(self.lora_targets)) < len(self.lora_targets):
             raise ValueError(f"lora_targets={list(self.lora_targets)!r} not supported; allowed: query, key, value, each at most once")
@@ -249,14 +251,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Fail on values no run could use, before anything is loaded (the pipeline plans with this too)."""
         for name in ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "logging_steps"):
-            _positive_int(name, getattr(self, name))
+            _whole(name, getattr(self, name))
         for name in ("max_steps", "max_length", "max_train", "max_val", "max_test", "threads"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                _whole(name, getattr(self, name))
         for name in ("seed", "data_seed"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a non-negative integer")
-        _allowed("eval_strategy", self.eval_strategy, EVAL_STRATEGIES)
+            _whole(name, getattr(self, name), minimum=0)
+        check_allowed("eval_strategy", self.eval_strategy, EVAL_STRATEGIES)
         if self.eval_strategy == "steps" and self.max_steps is not None and self.eval_every > self.max_steps:
             raise ValueError(f"eval_every={self.eval_every} exceeds max_steps={self.max_steps}: no validation would pick the checkpoint")
         if not self.epochs > 0:
@@ -271,7 +272,7 @@ class TrainConfig:
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         if self.task_type is not None:
-            _allowed("task_type", self.task_type, TASK_TYPES)
+            check_allowed("task_type", self.task_type, TASK_TYPES)
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 both set; choose one autocast precision")
 

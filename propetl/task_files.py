@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import TASK_TYPES
+from .config import TASK_TYPES, check_allowed
 
 SPLITS = ("train", "validation", "test")
 FILE_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -77,8 +77,8 @@ def read_rows(path: str | Path, text_columns: Sequence[str], label_column: str, 
 def read_task_file(path: str | Path, text_columns: Sequence[str] = ("text",), label_column: str = "label",
                    task_type: str | None = None, encoding: str = "utf-8") -> TaskTable:
     """Read and check a task file; raises :class:`TaskFileError` on the first problem found."""
-    if task_type is not None and task_type not in TASK_TYPES:
-        raise TaskFileError(f"task_type={task_type!r} is not supported; allowed: {', '.join(TASK_TYPES)}")
+    if task_type is not None:
+        check_allowed("task_type", task_type, TASK_TYPES)
     frame, unit = read_rows(path, text_columns, label_column, encoding)
     name = Path(path).name
     where = lambda row: f"{name} {unit} {row[LINE]}"  # noqa: E731
@@ -144,14 +144,19 @@ def _check_splits(name: str, unit: str, frame: pd.DataFrame, label_column: str, 
                                 f"never occurs in train")
 
 
-def _read_csv(path: Path, encoding: str) -> tuple[pd.DataFrame, str]:
+def _decode(path: Path, encoding: str) -> str:
+    """A text file's contents; UTF-8 also reads a byte-order mark, which must not become part of a column name."""
     try:
-        text = path.read_bytes().decode("utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
+        return path.read_bytes().decode("utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
     except UnicodeDecodeError as error:
         raise TaskFileError(f"{path.name}: not {encoding} text (byte {error.object[error.start]:#04x} at offset "
                             f"{error.start}); pass the file's encoding as the task option encoding, e.g. latin-1") from None
     except LookupError:
         raise TaskFileError(f"encoding={encoding!r} is not an encoding Python knows") from None
+
+
+def _read_csv(path: Path, encoding: str) -> tuple[pd.DataFrame, str]:
+    text = _decode(path, encoding)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -177,13 +182,8 @@ def _read_csv(path: Path, encoding: str) -> tuple[pd.DataFrame, str]:
 
 
 def _read_jsonl(path: Path, encoding: str) -> tuple[pd.DataFrame, str]:
-    try:
-        text = path.read_text(encoding=encoding)
-    except UnicodeDecodeError as error:
-        raise TaskFileError(f"{path.name}: not {encoding} text (byte {error.object[error.start]:#04x} at offset "
-                            f"{error.start}); pass the file's encoding as the task option encoding") from None
     records, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_decode(path, encoding).splitlines(), start=1):
         if not line.strip():
             continue
         try:
