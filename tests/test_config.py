@@ -48,6 +48,7 @@ def test_bad_configs_fail_with_one_clear_message(kwargs, message):
         ({"warmup_ratio": 1.0}, r"warmup_ratio=1.0 must be in \[0, 1\)"),
         ({"max_val": 0}, "max_val=0 must be a positive integer"),
         ({"seed": -1}, "seed=-1 must be a non-negative integer"),
+        ({"data_seed": True}, "data_seed=True must be a non-negative integer"),
         ({"bf16": True, "fp16": True}, "bf16 and fp16 both set"),
     ],
 )

@@ -106,3 +106,11 @@ def test_a_local_glue_copy_is_checked_like_a_task_file(tmp_path):
 def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
     path = _write(tmp_path, "data.csv", "\ufeff" + GOOD)
     assert read_task_file(path).label_names == ("neg", "pos")
+    lines = "".join(f'{{"text": "review {i}", "label": "{"pos" if i % 2 else "neg"}"}}\n' for i in range(4))
+    assert read_task_file(_write(tmp_path, "data.jsonl", "\ufeff" + lines)).label_names == ("neg", "pos")
+
+
+def test_an_unknown_encoding_is_named_for_every_text_format(tmp_path):
+    for name in ("data.csv", "data.jsonl"):
+        with pytest.raises(ValueError, match=r"^encoding='klingon' is not an encoding Python knows$"):
+            read_task_file(_write(tmp_path, name, GOOD), encoding="klingon")
