@@ -189,11 +189,8 @@ class Study:
         """Task name -> its slug in paths (registered name, or the file's stem)."""
         slugs: dict[str, str] = {}
         for name in self.tasks:
-            if name in TASKS:
-                slug = name
-            elif Path(name).is_file():
-                slug = Path(name).stem
-            else:
+            slug = runs.task_slug(name)
+            if name not in TASKS and not Path(name).is_file():
                 _fail(f"tasks: unknown task {name!r}; allowed: {', '.join(TASKS)}, or a path to an existing .csv/.jsonl/.parquet file")
             if slug in slugs.values():
                 _fail(f"tasks: {name!r} would share the result folder {slug!r} with another task; rename the file")
