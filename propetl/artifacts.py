@@ -38,7 +38,7 @@ from .config import PETLConfig
 from .masks import Mask, kept_count
 from .architectures import encoder_layers
 from .multitask import TASK_SEP, TaskHeads, split_key, tasks_of
-from .petl_model import apply_petl, backbone_parameters, head_modules, layer_masks, petl_config_of, prototype_layers, prototypes
+from .petl_model import PROTOTYPE_REF_ATTR, apply_petl, backbone_parameters, head_modules, layer_masks, petl_config_of, prototype_layers, prototypes
 
 FORMAT = "propetl-artifact/2"  # 2: the official adapter data flow (artifacts of 1 computed another function)
 CONFIG_FILE = "petl_config.json"
@@ -46,7 +46,6 @@ PROTOTYPE_FILE = "prototype.safetensors"
 MASKS_FILE = "masks.safetensors"
 HEAD_FILE = "head.safetensors"
 TASKS_DIR = "tasks"
-PROTOTYPE_REF_ATTR = "petl_prototype_ref"  # set on a model whose prototype was loaded frozen from a file
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -132,7 +131,12 @@ def load_frozen_prototype(model: PreTrainedModel, path: str | os.PathLike) -> No
     setattr(model, PROTOTYPE_REF_ATTR, {"sha256": file_sha256(file), "path": str(file.resolve())})
 
 
-def _describe(model: PreTrainedModel, backbone: dict[str, Any] | None) -> dict[str, Any]:
+def _relative_ref(ref: dict[str, str], directory: Path) -> dict[str, str]:
+    """The prototype's path relative to the artifact, so that a results tree can move as a whole."""
+    return {**ref, "path": os.path.relpath(ref["path"], Path(directory).resolve())}
+
+
+def _describe(model: PreTrainedModel, backbone: dict[str, Any] | None, directory: Path) -> dict[str, Any]:
     config = petl_config_of(model)
     return {
         "format": FORMAT,
@@ -148,7 +152,7 @@ def _describe(model: PreTrainedModel, backbone: dict[str, Any] | None) -> dict[s
         "num_labels": model.config.num_labels,
         "problem_type": model.config.problem_type,
         "masks": {key: list(mask.shape) for key, mask in layer_masks(model).items() if split_key(key)[0] is None},
-        **({"prototype_ref": getattr(model, PROTOTYPE_REF_ATTR)} if hasattr(model, PROTOTYPE_REF_ATTR) else {}),
+        **({"prototype_ref": _relative_ref(getattr(model, PROTOTYPE_REF_ATTR), directory)} if hasattr(model, PROTOTYPE_REF_ATTR) else {}),
         **({"tasks": _describe_tasks(model)} if tasks_of(model) else {}),
     }
 
@@ -173,7 +177,7 @@ def save_petl(model: PreTrainedModel, directory: str | os.PathLike, backbone: di
             save_head(model, staging / TASKS_DIR / task / HEAD_FILE, task)
         if not tasks_of(model):
             save_head(model, staging / HEAD_FILE)
-        (staging / CONFIG_FILE).write_text(json.dumps(_describe(model, backbone), indent=2))
+        (staging / CONFIG_FILE).write_text(json.dumps(_describe(model, backbone, Path(directory)), indent=2))
     return Path(directory)
 
 
@@ -263,7 +267,7 @@ def _check_kept(masks: dict[str, torch.Tensor], sparsity: float) -> None:
             raise ValueError(f"mask {key} keeps {int(bits.sum())} of {bits.numel()} entries; sparsity {sparsity:g} keeps {kept}")
 
 
-def _task_view(masks: dict[str, torch.Tensor], task: str, layout: str) -> dict[str, torch.Tensor]:
+def task_view(masks: dict[str, torch.Tensor], task: str, layout: str) -> dict[str, torch.Tensor]:
     """One task's mask per layer, as its single-task model applies them (see propetl.multitask's layouts)."""
     own = {split_key(key)[1]: bits for key, bits in masks.items() if split_key(key)[0] == task}
     if layout == "per_layer":
@@ -287,7 +291,7 @@ def _prototype_source(directory: Path, described: dict[str, Any], prototype: str
     ref = described.get("prototype_ref")
     if ref is None:
         return directory / PROTOTYPE_FILE
-    file = prototype_file(prototype if prototype is not None else ref["path"])
+    file = prototype_file(prototype if prototype is not None else directory / ref["path"])
     if file_sha256(file) != ref["sha256"]:
         raise ValueError(f"prototype {file} has sha256 {file_sha256(file)[:12]}..., but {directory} was trained on "
                          f"{ref['sha256'][:12]}...: another prototype")
@@ -323,6 +327,6 @@ def load_petl(backbone: PreTrainedModel, directory: str | os.PathLike, task: str
         _check_kept(masks, config.sparsity)
     model = apply_petl(backbone, config)
     load_prototype(model, source)
-    load_mask_bits(model, _task_view(masks, task, config.task_masks) if tasks else masks)
+    load_mask_bits(model, task_view(masks, task, config.task_masks) if tasks else masks)
     load_head(model, head_file)
     return model.eval()

@@ -63,6 +63,8 @@ def _train(args: argparse.Namespace) -> None:
     if result["status"] != "ok":
         print(f"{result['status']} at step {result['diverged_at_step']}: {result['reason']} (recorded in {args.out}/metrics.json)")
         return
+    for task, scores in result.get("tasks", {}).items():
+        print(f"{task}: val {scores['val']}  test {scores['test']}")
     print(f"val {result['val']}  test {result['test']}  storage {result['storage']['storage_pct']:.4f}% of backbone")
 
 

@@ -17,6 +17,7 @@ from .prototype import Prototype, PrototypeLayer
 
 PROTOTYPES_ATTR = "petl_prototypes"
 TASK_MASKS_ATTR = "petl_task_masks"  # multi-task, combined layouts: the task masks all layers share
+PROTOTYPE_REF_ATTR = "petl_prototype_ref"  # a prototype loaded frozen from a file another artifact stores
 
 
 def head_modules(model: PreTrainedModel) -> dict[str, nn.Module]:

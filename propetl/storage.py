@@ -5,9 +5,13 @@ Conventions (the paper's): the head is always trained and reported apart
 form, since only the generated prefixes are stored; ``storage_pct`` is the
 storage in 32-bit-float equivalents as a percentage of the backbone.
 
-A multi-task model (:mod:`propetl.multitask`) adds ``shared`` (the prototype once, and the
-layer masks every task uses) and ``per_task``: what one more task costs, its own masks at
-1 bit plus its head at 32 bits (``task_bits``).
+Storage as a function of the number of tasks N is ``shared_bits + N * task_bits``:
+``task_bits`` is what one more task costs, head included (32 bits per head parameter), and
+``shared_bits`` what the tasks share. A dedicated method or a single-task ProPETL run shares
+nothing (``shared_bits`` 0); a run on a frozen prototype (``propetl train --prototype``) shares
+the prototype, stored once elsewhere; a multi-task model (:mod:`propetl.multitask`) shares the
+prototype and, in the combined mask layouts, the layer masks, and reports ``shared`` and
+``per_task`` (``task_bits`` is then the tasks' mean).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from .multitask import TaskHeads, split_key, tasks_of
-from .petl_model import backbone_parameters, head_modules, layer_masks, petl_config_of, prototypes
+from .petl_model import PROTOTYPE_REF_ATTR, backbone_parameters, head_modules, layer_masks, petl_config_of, prototypes
 
 
 def storage_report(model: nn.Module) -> dict[str, Any]:
@@ -40,6 +44,12 @@ def storage_report(model: nn.Module) -> dict[str, Any]:
     }
     if tasks_of(model):
         report |= _task_parts(model, stored_float, backbone_params)
+        report["shared_bits"] = report["shared"]["storage_bits"]
+        report["task_bits"] = sum(t["task_bits"] for t in report["per_task"].values()) / len(report["per_task"])
+    else:
+        shared = 32 * stored_float if hasattr(model, PROTOTYPE_REF_ATTR) else 0
+        report["shared_bits"] = shared
+        report["task_bits"] = storage_bits - shared + 32 * report["head_params"]
     return report
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import ROOT, tiny_batch, tiny_classifier
 from conftest import quick_config as config
-from transformers import RobertaConfig, RobertaForSequenceClassification
+from transformers import RobertaConfig, RobertaForSequenceClassification, TrainerCallback
 
-from propetl import PETLConfig, load_petl, save_petl, storage_report
+from propetl import PETLConfig, apply_petl, load_petl, save_petl, storage_report
 from propetl.artifacts import PROTOTYPE_FILE
 from propetl.backbones import load_model
 from propetl.cli import main
@@ -16,7 +16,7 @@ from propetl.config import TrainConfig
 from propetl.multitask import set_task
 from propetl.petl_model import apply_multitask_petl, layer_masks, prototypes
 from propetl.task_sampler import TemperatureBatchSampler, task_probabilities
-from propetl.training import parameter_groups, train
+from propetl.training import fit, parameter_groups, train
 
 LAYOUTS = ["per_layer", "task_or_layer", "task_and_layer"]
 
@@ -25,17 +25,6 @@ def two_task_model(layout: str = "per_layer", method: str = "propetl-adapter", *
     """Task a: 2 classes, task b: 3 classes, one tiny BERT body (seed 0 like tiny_classifier's)."""
     models = {"a": tiny_classifier(num_labels=2), "b": tiny_classifier(num_labels=3, seed=1)}
     return apply_multitask_petl(models, PETLConfig(method=method, task_masks=layout, **kwargs))
-
-
-@pytest.fixture
-def topic_csv(tmp_path_factory):
-    """A 3-class topic task (150 rows) whose words give the class away: a second task type next to sentiment."""
-    words = {"sport": ["goal", "match", "team"], "tech": ["chip", "code", "cloud"], "food": ["bread", "soup", "spice"]}
-    rows = ["text,label"] + [f"{' '.join(words[t][(i + j) % 3] for j in range(3))} item {i},{t}"
-                             for i in range(150) for t in [list(words)[i % 3]]]
-    path = tmp_path_factory.mktemp("topic") / "topic.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return str(path)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -155,6 +144,12 @@ def test_storage_of_n_tasks_on_roberta_base_is_one_prototype_plus_masks_and_a_he
             assert report["per_task"][task]["mask_entries"] == layers * per_layer
             assert report["per_task"][task]["task_bits"] == layers * per_layer + 32 * head
         assert report["storage_bits"] == 32 * (per_layer + biases) + n * layers * per_layer
+        # storage for N tasks = shared_bits + N * task_bits; a dedicated adapter shares nothing
+        assert report["shared_bits"] == 32 * (per_layer + biases) and report["task_bits"] == layers * per_layer + 32 * head
+    with torch.device("meta"):
+        dedicated = storage_report(apply_petl(RobertaForSequenceClassification(RobertaConfig(num_labels=2)),
+                                              PETLConfig(method="adapter", reduction_factor=12)))
+    assert dedicated["shared_bits"] == 0 and dedicated["task_bits"] == 32 * (layers * (per_layer + biases) + head)
 
 
 def test_a_repeated_task_flag_trains_one_model_on_both_tasks(sentiment_csv, topic_csv, tmp_path):
@@ -199,6 +194,9 @@ def test_a_new_task_trains_masks_and_head_on_a_frozen_prototype(sentiment_csv, t
     for (_, a), (_, b) in zip(prototypes(model)["ffn"].named_parameters(), prototypes(base_proto)["ffn"].named_parameters()):
         assert torch.equal(a, b)  # training never moved the frozen prototype
     assert result["status"] == "ok"
+    storage = result["storage"]  # the new task costs its masks and head; the prototype is shared
+    assert storage["shared_bits"] == 32 * storage["stored_float_params"]
+    assert storage["task_bits"] == storage["mask_entries"] + 32 * storage["head_params"]
     other = tmp_path / "other.safetensors"
     other.write_bytes((base / PROTOTYPE_FILE).read_bytes())
     with torch.no_grad():
@@ -206,3 +204,20 @@ def test_a_new_task_trains_masks_and_head_on_a_frozen_prototype(sentiment_csv, t
     with pytest.raises(ValueError, match="another prototype"):
         load_petl(load_model("tiny-bert", 3, seed=1), artifact, prototype=tmp_path / "foreign")
     assert load_petl(load_model("tiny-bert", 3, seed=1), artifact, prototype=other).num_labels == 3  # same bytes elsewhere
+
+
+class _Kill(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 10:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_a_killed_multi_task_run_resumes_and_ends_like_an_uninterrupted_one(sentiment_csv, topic_csv, tmp_path):
+    petl = PETLConfig(method="propetl-adapter", task_masks="task_or_layer")
+    uninterrupted = train(config([sentiment_csv, topic_csv], tmp_path / "whole"), petl)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config([sentiment_csv, topic_csv], tmp_path / "killed"), petl, callbacks=[_Kill()])
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    resumed = train(config([sentiment_csv, topic_csv], tmp_path / "killed"), petl)
+    assert resumed["tasks"] == uninterrupted["tasks"]  # the same batches, tasks and scores after the resume
+    assert (tmp_path / "killed" / "history.jsonl").read_text() == (tmp_path / "whole" / "history.jsonl").read_text()
