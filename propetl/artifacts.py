@@ -121,9 +121,7 @@ def prototype_file(path: str | os.PathLike) -> Path:
 
 def load_frozen_prototype(model: PreTrainedModel, path: str | os.PathLike) -> None:
     """Load a prototype trained earlier into ``model`` and freeze it: only masks and head train on it."""
-    config = petl_config_of(model)
-    if not config.masked or config.mask_mode != "learned":
-        raise ValueError(f"a frozen prototype needs learned masks to train (a ProPETL method, mask_mode learned); got {config.method}")
+    petl_config_of(model).require_learned_masks("a frozen prototype")
     file = prototype_file(path)
     load_prototype(model, file)
     for prototype in prototypes(model).values():

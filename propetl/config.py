@@ -205,6 +205,13 @@ class PETLConfig:
     def shared(self) -> bool:
         return self.is_propetl and self.share == "layers"
 
+    def require_learned_masks(self, what: str) -> None:
+        """Several tasks on one network, or a new task on a frozen prototype, train nothing but masks and heads."""
+        if not (self.is_propetl and self.mask_mode == "learned"):
+            mode = f", mask_mode {self.mask_mode!r}" if self.is_propetl else ""
+            raise ValueError(f"{what} needs a ProPETL method ({', '.join(PROPETL_METHODS)}) with learned masks; "
+                             f"got method {self.method!r}{mode}. Dedicated methods run once per task")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

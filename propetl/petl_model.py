@@ -9,7 +9,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .architectures import architecture_of, encoder_layers
-from .config import PROPETL_METHODS, PETLConfig
+from .config import PETLConfig
 from .masks import Mask
 from .modules import SPECS, ModuleSpec
 from .multitask import SWITCH_ATTR, TASK_SEP, TaskHeads, TaskMask, TaskSwitch, make_masks, task_switch
@@ -93,10 +93,7 @@ def apply_multitask_petl(models: Mapping[str, PreTrainedModel], config: PETLConf
     """
     if len(models) < 2:
         raise ValueError(f"a multi-task model needs at least two tasks, got {list(models)}")
-    if not config.is_propetl or config.mask_mode != "learned":
-        raise ValueError(f"several tasks share one network only with learned ProPETL masks (methods {', '.join(PROPETL_METHODS)}, "
-                         f"mask_mode learned); got method {config.method!r}, mask_mode {config.mask_mode!r}. "
-                         "Dedicated methods run once per task")
+    config.require_learned_masks("one network for several tasks")
     bad = [task for task in models if not task or "." in task or TASK_SEP in task]
     if bad:
         raise ValueError(f"task name {bad[0]!r} cannot name a task in a multi-task model (no '.' or '/')")

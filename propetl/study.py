@@ -253,10 +253,10 @@ class Study:
             if task not in self.tasks:
                 _fail(f"{where}.tasks: task {task!r} is not in tasks; allowed: {', '.join(self.tasks)}")
         if self.is_group(entry):
-            learned = entry["method"] in PROPETL_METHODS and entry.get("mask_mode", "learned") == "learned"
-            if not learned or entry["sweep"] or entry["tune"] or "prototype_from" in entry:
-                _fail(f"{where}.tasks: several tasks train one model only for a ProPETL method with learned masks, "
-                      f"without sweep, tune or prototype_from (dedicated methods: one entry per task)")
+            modes = {k: entry[k] for k in ("mask_mode", "share") if k in entry}
+            _checked(f"{where}.tasks", lambda: PETLConfig(method=entry["method"], **modes).require_learned_masks("several tasks"))
+            if entry["sweep"] or entry["tune"] or "prototype_from" in entry:
+                _fail(f"{where}.tasks: a multi-task group takes no sweep, tune or prototype_from")
             group = {**self.config["training"], **{k: v for k, v in entry["params"].items() if k in TRAIN_KEYS}}
             _checked(f"{where}.tasks", TrainConfig, **{**self._scaled(group, entry["budget_scale"]), "task": entry["tasks"]})
         for task in entry["sweep"]:
@@ -287,8 +287,9 @@ class Study:
             _fail(f"{where}: {entry['prototype_from']!r} is not the label of an enabled entry; allowed: {', '.join(enabled)}")
         if "tasks" not in source or (len(source["tasks"]) == 1 and source["sweep"]) or "prototype_from" in source:
             _fail(f"{where}: entry {source['label']!r} must name its tasks (one run per seed) and train its own prototype")
-        if entry["method"] != source["method"] or entry["method"] not in PROPETL_METHODS or entry.get("mask_mode", "learned") != "learned":
-            _fail(f"{where}: a frozen prototype trains learned masks of the same ProPETL method; "
+        _checked(where, lambda: PETLConfig(method=entry["method"], mask_mode=entry.get("mask_mode", "learned")).require_learned_masks("a frozen prototype"))
+        if entry["method"] != source["method"]:
+            _fail(f"{where}: a frozen prototype trains masks of the same method; "
                   f"this entry is {entry['method']!r}, {source['label']!r} is {source['method']!r}")
         if "tasks" not in entry or entry["tune"] or entry["sweep"]:
             _fail(f"{where}: name the entry's tasks (those it adds); tune and sweep are not supported with a frozen prototype")

@@ -279,11 +279,9 @@ class Fitted:
 
 def _check_run(cfg: TrainConfig, petl_config: PETLConfig) -> None:
     """What no data or model load should be spent on: unknown tasks, bad files, a multi-task run of a method without masks."""
-    needs_masks = [what for what, asked in (("several --task", len(cfg.tasks) > 1), ("--prototype", cfg.prototype)) if asked]
-    if needs_masks and not (petl_config.masked and petl_config.mask_mode == "learned"):
-        raise ValueError(f"{needs_masks[0]} needs a ProPETL method with learned masks; got method {petl_config.method!r}"
-                         f"{'' if not petl_config.is_propetl else f', mask_mode {petl_config.mask_mode!r}'} "
-                         "(dedicated methods are one single-task run per task)")
+    for what, asked in (("several --task", len(cfg.tasks) > 1), ("--prototype", cfg.prototype)):
+        if asked:
+            petl_config.require_learned_masks(what)
     slugs = [task_slug(task) for task in cfg.tasks]
     if len(set(slugs)) < len(slugs):
         raise ValueError(f"tasks {cfg.tasks} share a name ({', '.join(slugs)}); rename a task file")

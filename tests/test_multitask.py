@@ -79,9 +79,9 @@ def test_or_layout_keeps_what_either_mask_keeps_and_and_what_both_keep():
 
 
 def test_dedicated_methods_and_fixed_masks_are_refused_for_several_tasks():
-    with pytest.raises(ValueError, match="Dedicated methods run once per task"):
+    with pytest.raises(ValueError, match="got method 'adapter'. Dedicated methods run once per task"):
         two_task_model(method="adapter")
-    with pytest.raises(ValueError, match="mask_mode 'random'"):
+    with pytest.raises(ValueError, match="got method 'propetl-adapter', mask_mode 'random'"):
         two_task_model(mask_mode="random")
 
 
@@ -176,7 +176,7 @@ def test_a_repeated_task_flag_trains_one_model_on_both_tasks(sentiment_csv, topi
 def test_a_repeated_task_is_refused_and_a_dedicated_method_cannot_train_several_tasks(sentiment_csv, tmp_path):
     with pytest.raises(ValueError, match="is given more than once"):
         TrainConfig(task=[sentiment_csv, sentiment_csv])
-    with pytest.raises(ValueError, match="needs a ProPETL method with learned masks; got method 'adapter'"):
+    with pytest.raises(ValueError, match="several --task needs a ProPETL method .* with learned masks; got method 'adapter'"):
         train(config([sentiment_csv, str(ROOT / "tests/fixtures/sentiment.csv") + "x"], tmp_path), PETLConfig(method="adapter"))
 
 
