@@ -25,7 +25,7 @@ test: setup
 # CONFIG: another study config (default: config.yaml, the embedded default study).
 study: setup
 	$(BIN)/propetl fetch
-	$(BIN)/snakemake --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG)) $(SNAKEMAKE_ARGS)
+	SNAKEMAKE=$(BIN)/snakemake workflow/scripts/snakemake-resumable --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG)) $(SNAKEMAKE_ARGS)
 
 # The mask / sharing ablation into results/ablation, the training-budget ladder into results/budget,
 # one network for several tasks into results/multitask.

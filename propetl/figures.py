@@ -268,9 +268,12 @@ def plot_storage_by_tasks(storage: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.subplots()
     entries = sorted(storage.groupby(["label", "sparsity"], dropna=False), key=lambda item: label_rank(item[0][0]))
+    every = max(storage["tasks"], key=lambda tasks: tasks.count("+"))
     for i, ((label, sparsity), rows) in enumerate(entries):
         rows = rows.sort_values("n_tasks")
         name = label if pd.isna(sparsity) else f"{label} (s={sparsity:g})"
+        if rows["tasks"].iloc[0] != every:  # its score is over fewer tasks: say which
+            name += f" [{rows['tasks'].iloc[0]}]"
         ax.plot(rows["n_tasks"], rows["total_mb"], marker=MARKERS[i % len(MARKERS)], label=name)
         last = rows.iloc[-1]
         ax.annotate(f"{last['mean_score']:.1f}", (last["n_tasks"], last["total_mb"]), xytext=(4, 0),

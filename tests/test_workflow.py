@@ -12,8 +12,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -346,3 +348,34 @@ def test_a_second_run_has_nothing_to_do_and_the_report_builds(ci_run, workdir):
     assert report.returncode == 0, report.stdout + report.stderr
     html = (root / "report.html").read_text()
     assert "score_vs_storage.png" in html and "paper_table.csv" in html
+
+
+@pytest.mark.slow
+def test_a_killed_study_reruns_with_the_same_command_and_ends_with_the_uninterrupted_tables(ci_run, tmp_path):
+    reference_result, reference = ci_run
+    assert reference_result.returncode == 0, reference_result.stdout + reference_result.stderr
+    work = tmp_path / "work"
+    shutil.copytree(ci_run[1].parent, work, ignore=shutil.ignore_patterns(".snakemake", study("ci")["output"]))
+    command = ["workflow/scripts/snakemake-resumable", "--cores", "2", "--configfile", "workflow/configs/ci.yaml"]
+    env = {**os.environ, "SNAKEMAKE": f"{sys.executable} -m snakemake"}
+    runs = work / study("ci")["output"] / "runs"
+    study_process = subprocess.Popen(command, cwd=work, env=env, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tuned = runs.parent / "tuning"
+    deadline = time.monotonic() + 300
+    # kill among the train jobs, after tuning: a trial killed mid-way is #11's business (stale trials)
+    while (len(list(tuned.glob("*/*/*/best_params.json"))) < 2 or not list(runs.glob("*/*/*/*/metrics.json"))) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(study_process.pid, signal.SIGKILL)  # Snakemake and every job it started, mid-study
+    study_process.wait()
+    finished = {path: path.stat().st_mtime_ns for path in runs.glob("*/*/*/*/metrics.json")}
+    assert finished and len(finished) < expected_train_jobs(study("ci"))
+    assert list((work / ".snakemake/locks").iterdir())  # a plain `snakemake` would now refuse to start
+    again = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "releasing its locks" in again.stderr
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())  # finished runs were kept
+    tables = work / study("ci")["output"] / "tables"
+    for name in ("cells.csv", "paper_table.csv", "multitask.csv"):
+        assert (tables / name).read_text() == (reference / "tables" / name).read_text(), name
