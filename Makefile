@@ -8,7 +8,7 @@ CORES ?= 2
 SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup test study ablation budget
+.PHONY: setup test study ablation budget multitask
 
 setup: $(VENV)/.installed
 
@@ -25,10 +25,13 @@ test: setup
 # CONFIG: another study config (default: config.yaml, the embedded default study).
 study: setup
 	$(BIN)/propetl fetch
-	$(BIN)/snakemake --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG)) $(SNAKEMAKE_ARGS)
+	SNAKEMAKE=$(BIN)/snakemake workflow/scripts/snakemake-resumable --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG)) $(SNAKEMAKE_ARGS)
 
-# The mask / sharing ablation into results/ablation, the training-budget ladder into results/budget.
+# The mask / sharing ablation into results/ablation, the training-budget ladder into results/budget,
+# one network for several tasks into results/multitask.
 ablation:
 	$(MAKE) study CONFIG=workflow/configs/ablation.yaml
 budget:
 	$(MAKE) study CONFIG=workflow/configs/budget.yaml
+multitask:
+	$(MAKE) study CONFIG=workflow/configs/multitask.yaml

@@ -10,6 +10,8 @@ _PUBLIC = {
     "METHODS": "config",
     "PETLConfig": "config",
     "apply_petl": "petl_model",
+    "apply_multitask_petl": "petl_model",
+    "set_task": "multitask",
     "merge_masks": "petl_model",
     "storage_report": "storage",
     "save_petl": "artifacts",

@@ -26,6 +26,11 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] 
     for f in dataclasses.fields(cls):
         if f.name in skip or (only is not None and f.name not in only):
             continue
+        if list[str] in typing.get_args(hints[f.name]):  # --task / --prepared: one value, or repeated for several tasks
+            flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+            parser.add_argument(*flags, dest=f.name, action="store" if only is not None else "append", default=None,
+                                help=f.metadata["help"] + ("" if only is not None else " (repeatable)"))
+            continue
         resolved = copy.copy(f)  # the config module uses postponed annotations: give the parser real types
         resolved.type = hints[f.name]
         HfArgumentParser._parse_dataclass_field(parser, resolved)
@@ -43,7 +48,11 @@ def _configs(args: argparse.Namespace):
         if unknown:
             raise ValueError(f"--params {args.params}: unknown keys {unknown}; allowed: config keys such as lr, mask_lr")
         values.update(overrides)
-    pick = lambda cls: {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}  # noqa: E731
+
+    def pick(cls: type) -> dict:  # a repeatable flag not given is None: then the config's default applies
+        return {f.name: values[f.name] for f in dataclasses.fields(cls)
+                if f.name in values and (values[f.name] is not None or f.default is None)}
+
     return TrainConfig(**pick(TrainConfig)), PETLConfig(**pick(PETLConfig))
 
 
@@ -54,6 +63,8 @@ def _train(args: argparse.Namespace) -> None:
     if result["status"] != "ok":
         print(f"{result['status']} at step {result['diverged_at_step']}: {result['reason']} (recorded in {args.out}/metrics.json)")
         return
+    for task, scores in result.get("tasks", {}).items():
+        print(f"{task}: val {scores['val']}  test {scores['test']}")
     print(f"val {result['val']}  test {result['test']}  storage {result['storage']['storage_pct']:.4f}% of backbone")
 
 

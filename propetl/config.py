@@ -12,6 +12,9 @@ Vocabulary used everywhere in this project (configs, CLI, tables):
   ``none`` (every layer uses the whole prototype).
 * ``share``: ``layers`` (one prototype for all layers, the ProPETL method) or
   ``none`` (an independent masked module per layer: pruning without sharing).
+* ``task_masks`` (several tasks trained together, :mod:`propetl.multitask`): ``per_layer``
+  (a mask per task and layer), ``task_or_layer`` / ``task_and_layer`` (a task mask shared
+  by all layers OR / AND a task-independent mask per layer; the official GLUE setting is OR).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 MASK_MODES = ("learned", "random", "none")
 SHARE_MODES = ("layers", "none")
+TASK_MASK_LAYOUTS = ("per_layer", "task_or_layer", "task_and_layer")
 EVAL_STRATEGIES = ("steps", "epoch")
 TASK_TYPES = ("classification", "regression")
 FILE_TASK_OPTIONS = ("text_columns", "label_column", "task_type", "encoding")
@@ -148,9 +152,12 @@ class PETLConfig:
                                     metadata={"help": "attention projections LoRA adapts (query, key, value)"})
     prefix_length: int = _opt(PAPER_MODULE_DEFAULTS["prefix_length"], "prefix key/value vectors per layer")
     prefix_mid_dim: int = _opt(512, "hidden size of the prefix reparameterisation MLP")
+    task_masks: str = _opt("per_layer", "several --task (ProPETL, learned masks): per_layer (a mask per task and layer) | "
+                                        "task_or_layer / task_and_layer (a task mask for all layers OR / AND a mask per layer)")
 
     def __post_init__(self) -> None:
         check_allowed("method", self.method, METHODS)
+        check_allowed("task_masks", self.task_masks, TASK_MASK_LAYOUTS)
         self.lora_targets = list(self.lora_targets)
         if self.is_propetl:
             check_allowed("mask_mode", self.mask_mode, MASK_MODES)
@@ -165,7 +172,7 @@ class PETLConfig:
                     raise ValueError(f"sparsity={self.sparsity!r} is outside [0, 1); it is the fraction of mask entries set to zero")
                 self.sparsity = float(self.sparsity)
         else:
-            for name, default in (("sparsity", None), ("mask_mode", "learned"), ("share", "layers")):
+            for name, default in (("sparsity", None), ("mask_mode", "learned"), ("share", "layers"), ("task_masks", "per_layer")):
                 if getattr(self, name) != default:
                     raise ValueError(
                         f"{name}={getattr(self, name)!r} given for method {self.method!r}; only {', '.join(PROPETL_METHODS)} take a {name}"
@@ -198,6 +205,13 @@ class PETLConfig:
     def shared(self) -> bool:
         return self.is_propetl and self.share == "layers"
 
+    def require_learned_masks(self, what: str) -> None:
+        """Several tasks on one network, or a new task on a frozen prototype, train nothing but masks and heads."""
+        if not (self.is_propetl and self.mask_mode == "learned"):
+            mode = f", mask_mode {self.mask_mode!r}" if self.is_propetl else ""
+            raise ValueError(f"{what} needs a ProPETL method ({', '.join(PROPETL_METHODS)}) with learned masks; "
+                             f"got method {self.method!r}{mode}. Dedicated methods run once per task")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -215,7 +229,8 @@ class TrainConfig:
     """Everything a run depends on besides the PETL hyperparameters (see PETLConfig)."""
 
     model: str = _opt("minilm-l6", "backbone: alias (minilm-l6, tiny-bert, tiny-roberta), HF hub id or local dir")
-    task: str = _opt("rt-polarity", "task name (rt-polarity, snli, glue-*) or a local csv/jsonl/parquet file")
+    task: str | list[str] = _opt("rt-polarity", "task name (rt-polarity, snli, glue-*) or a local csv/jsonl/parquet file; "
+                                 "repeat --task to train one model on several tasks (ProPETL methods)")
     out: str = _opt("runs/default", "run directory")
     label: str | None = _opt(None, "name of this grid entry in tables (default: the method)")
     seed: int = _opt(1, "training seed (head init, mask scores, data order, dropout)")
@@ -241,7 +256,9 @@ class TrainConfig:
     max_train: int | None = _opt(None, "cap on training examples")
     max_val: int | None = _opt(None, "cap on validation examples")
     max_test: int | None = _opt(None, "cap on test examples")
-    prepared: str | None = _opt(None, "tokenised task dir to reuse (made by `propetl prepare`); default: <out>/data")
+    prepared: str | list[str] | None = _opt(None, "tokenised task dir to reuse (made by `propetl prepare`), one per --task; default: <out>/data")
+    task_temperature: float = _opt(10.0, "several --task: a batch's task is drawn with probability ~ size^(1/T) (official: 10)")
+    prototype: str | None = _opt(None, "train only masks and head on this frozen prototype: an artifact dir or its prototype.safetensors")
     bf16: bool = _opt(False, "bf16 autocast (CPU with AVX512-BF16, or GPU)")
     fp16: bool = _opt(False, "fp16 autocast (GPU)")
     threads: int | None = _opt(None, "torch intra-op threads (default: torch's)")
@@ -250,6 +267,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Fail on values no run could use, before anything is loaded (the pipeline plans with this too)."""
+        self._normalise_tasks()
         for name in ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "logging_steps"):
             _whole(name, getattr(self, name))
         for name in ("max_steps", "max_length", "max_train", "max_val", "max_test", "threads"):
@@ -275,6 +293,34 @@ class TrainConfig:
             check_allowed("task_type", self.task_type, TASK_TYPES)
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 both set; choose one autocast precision")
+
+    def _normalise_tasks(self) -> None:
+        """One task is a string (the single-task run); several are a list, each named once, with one --prepared each."""
+        tasks = [self.task] if isinstance(self.task, str) else list(self.task)
+        if not tasks or not all(isinstance(t, str) and t for t in tasks):
+            raise ValueError(f"task={self.task!r} must be a task name or a list of them")
+        repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+        if repeated:
+            raise ValueError(f"task {repeated[0]!r} is given more than once; each --task names another task")
+        self.task = tasks[0] if len(tasks) == 1 else tasks
+        if isinstance(self.prepared, list):
+            if len(self.prepared) != len(tasks):
+                raise ValueError(f"{len(self.prepared)} --prepared for {len(tasks)} --task; give one per task, in the same order")
+            self.prepared = self.prepared[0] if len(tasks) == 1 else self.prepared
+        elif self.prepared is not None and len(tasks) > 1:
+            raise ValueError(f"one --prepared for {len(tasks)} --task; give one per task, in the same order")
+        if not self.task_temperature > 0:
+            raise ValueError(f"task_temperature={self.task_temperature!r} must be positive")
+
+    @property
+    def tasks(self) -> list[str]:
+        """Every task of the run, in the order given."""
+        return [self.task] if isinstance(self.task, str) else list(self.task)
+
+    @property
+    def prepared_dirs(self) -> list[str | None]:
+        """The --prepared dir of each task (None: tokenise into the run directory)."""
+        return self.prepared if isinstance(self.prepared, list) else [self.prepared] * len(self.tasks)
 
     @property
     def file_options(self) -> dict[str, Any]:

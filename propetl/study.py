@@ -10,6 +10,11 @@ stops before any job with ONE line naming the key:
   (and for the tuning trials), a ``PETLConfig`` per grid entry and sparsity, each search
   space; their ``ValueError`` becomes the config error. No rule is written twice.
 
+An entry with ``tasks`` runs on those tasks only; with several, it is a multi-task group:
+ONE model per seed trained on all of them (:mod:`propetl.multitask`), in the folder
+``runs/<task1>+<task2>.../``. An entry with ``prototype_from`` trains each of its tasks on
+the frozen prototype of another entry's run with the same seed.
+
 Nothing here imports torch: planning a study (``snakemake -n``) stays fast.
 """
 
@@ -34,6 +39,7 @@ from .config import FILE_TASK_OPTIONS, PROPETL_METHODS, REGISTRY, PETLConfig, Tr
 from .data import TASKS
 
 DATA_KEYS = ("max_train", "max_val", "max_test", "max_length")
+GROUP_SEP = "+"  # a multi-task group's folder: its tasks' slugs joined
 PETL_KEYS = tuple(f.name for f in dataclasses.fields(PETLConfig))
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 # Job sizes when a study's `resources` does not set them (runtime in minutes; gpu > 0 asks a
@@ -189,11 +195,8 @@ class Study:
         """Task name -> its slug in paths (registered name, or the file's stem)."""
         slugs: dict[str, str] = {}
         for name in self.tasks:
-            if name in TASKS:
-                slug = name
-            elif Path(name).is_file():
-                slug = Path(name).stem
-            else:
+            slug = runs.task_slug(name)
+            if name not in TASKS and not Path(name).is_file():
                 _fail(f"tasks: unknown task {name!r}; allowed: {', '.join(TASKS)}, or a path to an existing .csv/.jsonl/.parquet file")
             if slug in slugs.values():
                 _fail(f"tasks: {name!r} would share the result folder {slug!r} with another task; rename the file")
@@ -229,6 +232,9 @@ class Study:
         enabled = {entry["label"]: entry for entry in self.config["methods"] if entry["enabled"]}
         if not enabled:
             _fail("methods: no enabled entry; the grid would be empty (set enabled: true on at least one)")
+        for i, entry in enumerate(self.config["methods"]):
+            if entry["enabled"] and "prototype_from" in entry:
+                self._check_prototype_from(f"methods[{i}] (label {entry['label']!r}).prototype_from", entry, enabled)
         for method, space in self.tuning["search_space"].items():
             if method not in REGISTRY:
                 _fail(f"tuning.search_space: unknown method {method!r}; allowed: {', '.join(REGISTRY)}")
@@ -243,6 +249,16 @@ class Study:
     def _check_entry(self, where: str, entry: dict) -> None:
         if entry["method"] not in REGISTRY:
             _fail(f"{where}.method: unknown method {entry['method']!r}; allowed: {', '.join(REGISTRY)}")
+        for task in entry.get("tasks", []):
+            if task not in self.tasks:
+                _fail(f"{where}.tasks: task {task!r} is not in tasks; allowed: {', '.join(self.tasks)}")
+        if self.is_group(entry):
+            modes = {k: entry[k] for k in ("mask_mode", "share") if k in entry}
+            _checked(f"{where}.tasks", lambda: PETLConfig(method=entry["method"], **modes).require_learned_masks("several tasks"))
+            if entry["sweep"] or entry["tune"] or "prototype_from" in entry:
+                _fail(f"{where}.tasks: a multi-task group takes no sweep, tune or prototype_from")
+            group = {**self.config["training"], **{k: v for k, v in entry["params"].items() if k in TRAIN_KEYS}}
+            _checked(f"{where}.tasks", TrainConfig, **{**self._scaled(group, entry["budget_scale"]), "task": entry["tasks"]})
         for task in entry["sweep"]:
             if task not in self.tasks:
                 _fail(f"{where}.sweep: task {task!r} is not in tasks; allowed: {', '.join(self.tasks)}")
@@ -254,10 +270,10 @@ class Study:
         for sparsity in [given.get("sparsity"), *sweeps]:
             _checked(where, PETLConfig, method=entry["method"], **{**given, "sparsity": sparsity}, **petl_params)
         train_params = {k: v for k, v in entry["params"].items() if k in TRAIN_KEYS}
-        for task in self.tasks:
+        for task in self.entry_tasks(entry):
             _checked(where, TrainConfig, **{**self.task_training(task), **train_params})
-        if entry["budget_scale"] != 1:
-            for task in self.tasks:
+        if entry["budget_scale"] != 1 and not self.is_group(entry):
+            for task in self.entry_tasks(entry):
                 if "max_steps" not in self.task_training(task):
                     _fail(f"{where}.budget_scale: scales max_steps, but task {task!r} has none (set training.max_steps)")
                 scaled = self._scaled(self.task_training(task), entry["budget_scale"])
@@ -265,7 +281,36 @@ class Study:
         if entry.get("search_space"):
             _checked(f"{where}.search_space", check_search_space, entry["search_space"])
 
+    def _check_prototype_from(self, where: str, entry: dict, enabled: dict[str, dict]) -> None:
+        source = enabled.get(entry["prototype_from"])
+        if source is None:
+            _fail(f"{where}: {entry['prototype_from']!r} is not the label of an enabled entry; allowed: {', '.join(enabled)}")
+        if "tasks" not in source or (len(source["tasks"]) == 1 and source["sweep"]) or "prototype_from" in source:
+            _fail(f"{where}: entry {source['label']!r} must name its tasks (one run per seed) and train its own prototype")
+        _checked(where, lambda: PETLConfig(method=entry["method"], mask_mode=entry.get("mask_mode", "learned")).require_learned_masks("a frozen prototype"))
+        if entry["method"] != source["method"]:
+            _fail(f"{where}: a frozen prototype trains masks of the same method; "
+                  f"this entry is {entry['method']!r}, {source['label']!r} is {source['method']!r}")
+        if "tasks" not in entry or entry["tune"] or entry["sweep"]:
+            _fail(f"{where}: name the entry's tasks (those it adds); tune and sweep are not supported with a frozen prototype")
+
     # ------------------------------------------------------------ the grid
+
+    @staticmethod
+    def is_group(entry: dict) -> bool:
+        """A multi-task group: one model per seed on several tasks."""
+        return len(entry.get("tasks", [])) > 1
+
+    def entry_tasks(self, entry: dict) -> list[str]:
+        """The task names an entry runs on (every task unless it names some)."""
+        return list(entry.get("tasks", self.tasks))
+
+    def group_slug(self, entry: dict) -> str:
+        return GROUP_SEP.join(self.task_slugs[task] for task in entry["tasks"])
+
+    def member_slugs(self, slug: str) -> list[str]:
+        """The task slugs of a run's folder name: one task, or a group's tasks."""
+        return slug.split(GROUP_SEP) if slug not in self.task_names else [slug]
 
     def path(self, relative: str) -> str:
         """A path below the results root (config key ``output``)."""
@@ -282,14 +327,20 @@ class Study:
         return [runs.sparsity_name(value) for value in values]
 
     def grid(self) -> list[Run]:
-        """Every train job: entries x sparsities x tasks x seeds."""
-        return [
+        """Every train job: entries x sparsities x tasks x seeds (a group: entry x seeds)."""
+        single = [
             Run(self.task_slugs[task], label, sparsity, seed)
             for task in self.tasks
-            for label, entry in self.entries.items()
+            for label, entry in self.entries.items() if not self.is_group(entry) and task in self.entry_tasks(entry)
             for sparsity in self.sparsities(entry, task)
             for seed in self.config["seeds"]
         ]
+        groups = [
+            Run(self.group_slug(entry), label, runs.sparsity_name(self.default_sparsity(entry)), seed)
+            for label, entry in self.entries.items() if self.is_group(entry)
+            for seed in self.config["seeds"]
+        ]
+        return single + groups
 
     def run_metrics(self) -> list[str]:
         return [self.path(f"{run.dir}/{runs.METRICS}") for run in self.grid()]
@@ -341,11 +392,11 @@ class Study:
             shown["epochs"] = defaults["epochs"]
         return {**shown, **values}
 
-    def _run_flags(self, slug: str, label: str, sparsity: str, seed: int, training: dict) -> str:
-        """What defines a run: backbone, task, grid entry, sparsity, seed, budget and method params."""
+    def _run_flags(self, slug: str | None, label: str, sparsity: str, seed: int, training: dict) -> str:
+        """What defines a run: backbone, task (None: given apart), grid entry, sparsity, seed, budget and method params."""
         entry = self.entries[label]
         return flags({
-            "model": self.config["model"], "task": self.task_names[slug], "data_seed": self.config["data_seed"],
+            "model": self.config["model"], "task": self.task_names[slug] if slug else None, "data_seed": self.config["data_seed"],
             "label": label, "method": entry["method"], "sparsity": None if sparsity == "-" else sparsity,
             "mask_mode": entry.get("mask_mode"), "share": entry.get("share"), "seed": seed,
             **self._explicit(entry, {**training, **entry["params"]}),
@@ -360,8 +411,27 @@ class Study:
         return {**training, "max_steps": round(training["max_steps"] * scale), "eval_every": round(eval_every * scale)}
 
     def train_flags(self, slug: str, label: str, sparsity: str, seed: int) -> str:
-        training = self._scaled(self.task_training(self.task_names[slug]), self.entries[label]["budget_scale"])
-        return self._run_flags(slug, label, sparsity, seed, training)
+        entry = self.entries[label]
+        if not self.is_group(entry):
+            training = self._scaled(self.task_training(self.task_names[slug]), entry["budget_scale"])
+            return self._run_flags(slug, label, sparsity, seed, training)
+        # a group: the study's training keys (a task's own apply to that task alone), one --task per member
+        training = self._scaled(self.config["training"], entry["budget_scale"])
+        member_flags = " ".join(f"--task {shlex.quote(self.task_names[member])}" for member in self.member_slugs(slug))
+        return f"{member_flags} {self._run_flags(None, label, sparsity, seed, training)}"
+
+    def prepared(self, slug: str) -> list[str]:
+        """The tokenised data a train job reads: its task's, or each group member's."""
+        return [self.path(f"data/{member}") for member in self.member_slugs(slug)]
+
+    def prototype_run(self, label: str, seed: int | str) -> str | None:
+        """The metrics.json of the run whose prototype this entry's run of ``seed`` trains on (None: its own)."""
+        source = self.entries[label].get("prototype_from")
+        if source is None:
+            return None
+        entry = self.entries[source]
+        slug = self.group_slug(entry) if self.is_group(entry) else self.task_slugs[entry["tasks"][0]]
+        return self.path(f"{runs.run_dir(slug, source, runs.sparsity_name(self.default_sparsity(entry)), seed)}/{runs.METRICS}")
 
     def tune_flags(self, slug: str, label: str, sparsity: str) -> str:
         seed = self.config["seeds"][0] if self.tuning["seed"] is None else self.tuning["seed"]

@@ -4,6 +4,10 @@ A results root holds ``runs/{task}/{label}/s{sparsity}/seed{seed}/metrics.json``
 (``s-`` for methods without a sparsity). Everything here is derived from those
 files alone, so the tables can be rebuilt anywhere the results were copied to.
 
+A multi-task run (``runs/<task1>+<task2>.../``) enters as one row per task, with its
+``group`` and the whole group's storage; :func:`storage_by_tasks` then puts every method
+on one axis: the storage of N tasks, ``shared_bits + N * task_bits``.
+
 Units: ``collect_runs`` keeps the raw values of metrics.json (scores in [0, 1]);
 every summary after it reports scores in percent, the GLUE convention the paper
 uses. ``storage_pct`` is already a percentage of the backbone's parameters.
@@ -34,12 +38,22 @@ def _flatten(record: dict) -> dict:
     Storage keys are self-describing (``storage_pct``, ``mask_entries``); only a key that
     collides with a top-level one (``trainable_params``) is prefixed ``storage_``.
     """
-    row = {k: v for k, v in record.items() if not isinstance(v, dict)}
+    row = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
     for split in ("val", "test"):
         row.update({f"{split}_{k}": v for k, v in record.get(split, {}).items()})
     for key, value in record.get("storage", {}).items():
-        row[f"storage_{key}" if key in record else key] = value
+        if not isinstance(value, dict):
+            row[f"storage_{key}" if key in record else key] = value
     return row
+
+
+def _rows(record: dict) -> list[dict]:
+    """A single-task run as one row; a multi-task run as one row per task, named by its ``group``."""
+    if "tasks" not in record:
+        return [_flatten(record)]
+    return [_flatten({**record, "task": task, "group": record["task"], "n_tasks": len(record["tasks"]),
+                      "val": scores["val"], "test": scores["test"]})
+            for task, scores in record["tasks"].items()]
 
 
 def _absolute(path: str | Path) -> Path:
@@ -71,9 +85,9 @@ def collect_runs(results_root: str | Path, run_dirs: Sequence[str | Path] | None
         )
     rows = []
     for path in paths:
-        row = _flatten(json.loads(path.read_text()))
-        row["run_dir"] = path.parent.relative_to(root).as_posix()
-        rows.append(row)
+        for row in _rows(json.loads(path.read_text())):
+            row["run_dir"] = path.parent.relative_to(root).as_posix()
+            rows.append(row)
     runs = pd.DataFrame(rows)
     runs["sparsity"] = runs["sparsity"].astype(float)
     # runs recorded before metrics.json had a status finished normally
@@ -258,6 +272,49 @@ def budget_gaps(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def has_groups(runs: pd.DataFrame) -> bool:
+    """Whether some run trained one model on several tasks."""
+    return "group" in runs and bool(runs["group"].notna().any())
+
+
+def storage_by_tasks(runs: pd.DataFrame) -> pd.DataFrame:
+    """Total storage of N = 1..K tasks per grid entry (K: the tasks in the runs), with the entry's mean score.
+
+    ``shared_bits + N * task_bits`` (:mod:`propetl.storage`): a dedicated module or a
+    single-task ProPETL run stores everything once per task, a multi-task group its
+    prototype once and masks and a head per task, a frozen-prototype entry only masks and
+    a head per task. ``mean_score`` is the entry's test combined score (%) averaged over
+    its tasks and seeds, ``tasks`` the tasks it ran on.
+    """
+    ok = runs[runs["status"] == "ok"]
+    every = sorted(ok["task"].unique())
+    rows = []
+    for (label, sparsity), frame in ok.groupby(["label", "sparsity"], dropna=False, sort=False):
+        shared, task = frame["shared_bits"].mean(), frame["task_bits"].mean()
+        score = frame.groupby("task")[HEADLINE].mean().mean() * 100.0
+        for n in range(1, len(every) + 1):
+            rows.append({"label": label, "method": frame["method"].iloc[0], "sparsity": sparsity,
+                         "group": frame["group"].iloc[0] if "group" in frame else None,
+                         "tasks": "+".join(sorted(frame["task"].unique())), "n_tasks": n,
+                         "total_bits": shared + n * task, "total_mb": (shared + n * task) / 8 / 1e6,
+                         "shared_bits": shared, "task_bits": task, "mean_score": score})
+    return pd.DataFrame(rows).sort_values(["n_tasks", "total_bits"], ignore_index=True)
+
+
+def multitask_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per entry: test combined score (%) per task and their mean, and what the entry stores for
+    all K tasks, what it shares and what one more task adds (KB: 1,000 bytes, at 32 bits per float
+    and 1 bit per mask entry)."""
+    table = paper_table(runs).drop(columns=[STORED_COL, BYTES_COL]).rename(columns={"Avg": "mean"})
+    storage = storage_by_tasks(runs)
+    last = storage[storage["n_tasks"] == storage["n_tasks"].max()].assign(row=lambda f: [row_name(lab, s) for lab, s in zip(f["label"], f["sparsity"])])
+    last = last.set_index("row")
+    table["total KB (all tasks)"] = last["total_bits"] / 8 / 1e3
+    table["shared KB"] = last["shared_bits"] / 8 / 1e3
+    table["KB per added task"] = last["task_bits"] / 8 / 1e3
+    return table
+
+
 def _markdown(shown: pd.DataFrame) -> str:
     """Markdown via tabulate, keeping the cell strings exactly as rendered."""
     align = ["left"] + ["right"] * shown.shape[1]
@@ -278,8 +335,9 @@ def write_tables(
     published_csv: str | Path | None = None,
     run_dirs: Sequence[str | Path] | None = None,
 ) -> list[Path]:
-    """Write runs.csv, cells.csv, paper_table.{csv,md,tex}, published_vs_ours.csv, and for a budget
-    ladder (:func:`has_budget_ladder`) budget.csv and budget_gap.{csv,md}.
+    """Write runs.csv, cells.csv, paper_table.{csv,md,tex}, published_vs_ours.csv, for a budget
+    ladder (:func:`has_budget_ladder`) budget.csv and budget_gap.{csv,md}, and for multi-task
+    groups (:func:`has_groups`) multitask.{csv,md} and storage_by_tasks.csv.
 
     ``published_csv`` defaults to ``<results_root>/published/propetl_table1.csv``.
     published_vs_ours.csv is written whenever that file exists (only a header when no
@@ -312,5 +370,16 @@ def write_tables(
         ]
     else:  # never leave a budget table the current runs do not support
         for path in budget_files:
+            path.unlink(missing_ok=True)
+    multitask_files = [out / "multitask.csv", out / "multitask.md", out / "storage_by_tasks.csv"]
+    if has_groups(runs):
+        table = multitask_table(runs)
+        written += [
+            write_text(multitask_files[0], table.to_csv()),
+            write_text(multitask_files[1], table.to_markdown(floatfmt=".2f") + "\n"),
+            write_text(multitask_files[2], storage_by_tasks(runs).to_csv(index=False)),
+        ]
+    else:
+        for path in multitask_files:
             path.unlink(missing_ok=True)
     return written

@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from .config import TASK_TYPES, check_allowed
+from .runs import TASK_FILE_SUFFIXES as FILE_SUFFIXES
 
 SPLITS = ("train", "validation", "test")
-FILE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 LINE = "_line"  # where each row came from, for messages
 
 

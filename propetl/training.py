@@ -10,6 +10,10 @@ The run directory is the contract the pipeline reads:
 
 A killed run restarted with the same command resumes from its last checkpoint
 (transformers restores model, optimiser, scheduler, RNG and data order).
+
+Several ``--task`` train one ProPETL network on all of them (:mod:`propetl.multitask`):
+every batch comes from one task (:mod:`propetl.task_sampler`), validation runs per task
+and the checkpoint with the best mean of the tasks' combined scores is kept.
 """
 
 from __future__ import annotations
@@ -28,19 +32,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Value, concatenate_datasets
+from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .artifacts import artifact_bytes, save_petl
+from .artifacts import artifact_bytes, load_frozen_prototype, save_petl
 from .atomic import write_json, write_text
 from .config import FILE_TASK_OPTIONS, PAPER_DEFAULTS, PETLConfig, TrainConfig
 from .data import get_task_spec, load_prepared, prepare_task
 from .metrics import compute_metrics
-from .petl_model import apply_petl, head_modules, layer_masks, parameters_of
+from .multitask import set_task
+from .petl_model import apply_multitask_petl, apply_petl, head_modules, layer_masks, parameters_of
 from .backbones import load_model, load_tokenizer, model_identity
 from .provenance import provenance
-from .runs import RunFiles
+from .runs import RunFiles, task_slug
 from .storage import storage_report
+from .task_sampler import TemperatureBatchSampler
 
 log = logging.getLogger("propetl.train")
 
@@ -93,15 +101,53 @@ class Diverged(RuntimeError):
 
 
 class _PETLTrainer(Trainer):
-    def __init__(self, *args, run_config: TrainConfig, **kwargs):
+    """The Trainer with per-group learning rates, divergence checks and, for several tasks,
+    task-pure batches, a task switch per batch and a validation pass per task."""
+
+    def __init__(self, *args, run_config: TrainConfig, task_metrics: dict[str, Any] | None = None,
+                 batch_sampler: TemperatureBatchSampler | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_config = run_config
+        self.task_metrics, self.batch_sampler = task_metrics, batch_sampler
+        self.task_names = list(task_metrics or ())
         self.first_loss: float | None = None  # of this session: a resumed run compares with its first step
 
-    def evaluate(self, *args, **kwargs):
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         # Trainer autocasts training steps only; evaluation in fp32 costs ~2x on CPU
         with torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=self.run_config.bf16):
-            return super().evaluate(*args, **kwargs)
+            datasets = self.eval_dataset if eval_dataset is None else eval_dataset
+            if not isinstance(datasets, dict):
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            return self._evaluate_tasks(datasets, ignore_keys, metric_key_prefix)
+
+    def _evaluate_tasks(self, datasets: dict[str, Any], ignore_keys, prefix: str) -> dict[str, float]:
+        """``{prefix}_{task}/{metric}`` per task and ``{prefix}_combined_score``, the tasks' mean (selects the checkpoint)."""
+        metrics: dict[str, float] = {}
+        for task, dataset in datasets.items():
+            set_task(self.model, task)
+            self.compute_metrics = self.task_metrics[task]
+            output = self.evaluation_loop(self.get_eval_dataloader(dataset), description=f"Evaluation {task}",
+                                          ignore_keys=ignore_keys, metric_key_prefix=prefix)
+            metrics |= {f"{prefix}_{task}/{key.removeprefix(prefix + '_')}": value for key, value in output.metrics.items()
+                        if key.removeprefix(prefix + "_") not in ("loss", *_TIMING)}
+        metrics[f"{prefix}_combined_score"] = float(np.mean([metrics[f"{prefix}_{task}/combined_score"] for task in datasets]))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        task_ids = inputs.pop("task_id", None)
+        if task_ids is not None:
+            if not bool((task_ids == task_ids[0]).all()):
+                raise RuntimeError("a batch mixes tasks; each batch must come from one task")
+            set_task(model, self.task_names[int(task_ids[0])])
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def get_train_dataloader(self):
+        if self.batch_sampler is None:
+            return super().get_train_dataloader()
+        loader = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator, num_workers=0)
+        return self.accelerator.prepare(loader)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -200,9 +246,9 @@ def _setup_logging(out: Path) -> None:
         logger.addHandler(_log_handler)
 
 
-def _check_prepared(path: str | Path, info: dict[str, Any], cfg: TrainConfig) -> None:
+def _check_prepared(path: str | Path, info: dict[str, Any], cfg: TrainConfig, task: str) -> None:
     """Refuse tokenised data made for another task, tokenizer, split or length than this run's."""
-    expected = {"task": cfg.task, "data_seed": cfg.data_seed, "model": model_identity(cfg.model),
+    expected = {"task": task, "data_seed": cfg.data_seed, "model": model_identity(cfg.model),
                 "task_options": cfg.file_options}
     expected |= {k: getattr(cfg, k) for k in ("max_length", "max_train", "max_val", "max_test") if getattr(cfg, k) is not None}
     for key, value in expected.items():
@@ -222,16 +268,63 @@ class Fitted:
 
     config: TrainConfig
     trainer: Trainer
-    data: Any
+    test: Any
+    """The test split; for several tasks a dict task -> test split."""
     info: dict[str, Any]
+    """The prepared data's info; for several tasks a dict task -> info."""
     train_time_s: float | None
     """Wall time of training incl. its validation passes, summed over resumed sessions (None: unknown)."""
     examples_per_s: float | None
 
 
+def _check_run(cfg: TrainConfig, petl_config: PETLConfig) -> None:
+    """What no data or model load should be spent on: unknown tasks, bad files, a multi-task run of a method without masks."""
+    for what, asked in (("several --task", len(cfg.tasks) > 1), ("--prototype", cfg.prototype)):
+        if asked:
+            petl_config.require_learned_masks(what)
+    slugs = [task_slug(task) for task in cfg.tasks]
+    if len(set(slugs)) < len(slugs):
+        raise ValueError(f"tasks {cfg.tasks} share a name ({', '.join(slugs)}); rename a task file")
+    for task in cfg.tasks:
+        get_task_spec(task, **cfg.file_options)
+
+
+def _metrics_fn(info: dict[str, Any]):
+    def metrics(prediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        return compute_metrics(info["metrics"], np.squeeze(logits, -1) if info["num_labels"] == 1 else logits, prediction.label_ids)
+
+    return metrics
+
+
+def _load_tasks(cfg: TrainConfig, files: RunFiles) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Each task's tokenised splits and info, by slug (its own data dir under the run for several tasks)."""
+    loaded = {}
+    for task, prepared in zip(cfg.tasks, cfg.prepared_dirs):
+        slug = task_slug(task)
+        path = prepared or prepare_task(
+            task, cfg.model, files.data / slug if len(cfg.tasks) > 1 else files.data, data_seed=cfg.data_seed,
+            max_length=cfg.max_length, max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test, **cfg.file_options,
+        )
+        data, info = load_prepared(path)
+        _check_prepared(path, info, cfg, task)
+        for split in ("validation", "test"):  # order is irrelevant to metrics; sorted batches pad least
+            data[split] = data[split].sort("length")
+        loaded[slug] = (data, info)
+    return loaded
+
+
+def _tag(data: Any, task_id: int) -> Any:
+    """A task's splits with its index on every row, labels as plain numbers (so tasks concatenate)."""
+    labels = data["train"].features["labels"]
+    if hasattr(labels, "names"):  # a ClassLabel: its names differ between tasks
+        data = data.cast_column("labels", Value("int64"))
+    return data.map(lambda _: {"task_id": task_id})
+
+
 def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[TrainerCallback] = ()) -> Fitted:
     """Train (or resume) and load the checkpoint with the best validation combined_score."""
-    get_task_spec(train_config.task, **train_config.file_options)  # an unknown task or a bad file fails before any load
+    _check_run(train_config, petl_config)  # an unknown task or a bad file fails before any load
     cfg = resolve(train_config, petl_config)
     out = Path(cfg.out)
     files = RunFiles(out)
@@ -240,20 +333,27 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    prepared = cfg.prepared or prepare_task(
-        cfg.task, cfg.model, files.data, data_seed=cfg.data_seed, max_length=cfg.max_length,
-        max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test, **cfg.file_options,
-    )
-    data, info = load_prepared(prepared)
-    _check_prepared(prepared, info, cfg)
-    for split in ("validation", "test"):  # order is irrelevant to metrics; sorted batches pad least
-        data[split] = data[split].sort("length")
+    loaded = _load_tasks(cfg, files)
     set_seed(cfg.seed)
-    model = apply_petl(load_model(cfg.model, info["num_labels"], regression=info["num_labels"] == 1, seed=cfg.seed), petl_config)
-
-    def metrics(prediction) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return compute_metrics(info["metrics"], np.squeeze(logits, -1) if info["num_labels"] == 1 else logits, prediction.label_ids)
+    models = {slug: load_model(cfg.model, info["num_labels"], regression=info["num_labels"] == 1, seed=cfg.seed)
+              for slug, (_, info) in loaded.items()}
+    sampler = None
+    if len(loaded) == 1:
+        (data, info), = loaded.values()
+        model = apply_petl(next(iter(models.values())), petl_config)
+        train_data, validation, test, task_metrics = data["train"], data["validation"], data["test"], None
+    else:
+        model = apply_multitask_petl(models, petl_config)
+        tagged = {slug: _tag(data, i) for i, (slug, (data, _)) in enumerate(loaded.items())}
+        train_data = concatenate_datasets([data["train"] for data in tagged.values()])
+        validation = {slug: data["validation"] for slug, data in tagged.items()}
+        test = {slug: data["test"] for slug, data in tagged.items()}
+        task_metrics = {slug: _metrics_fn(info) for slug, (_, info) in loaded.items()}
+        sampler = TemperatureBatchSampler([len(data["train"]) for data in tagged.values()], cfg.batch_size,
+                                          cfg.task_temperature, cfg.seed)
+        info = {slug: info for slug, (_, info) in loaded.items()}
+    if cfg.prototype:
+        load_frozen_prototype(model, cfg.prototype)
 
     checkpoints = files.checkpoints
     args = TrainingArguments(
@@ -297,22 +397,27 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
     trainer = _PETLTrainer(
         model=model,
         args=args,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"],
+        train_dataset=train_data,
+        eval_dataset=validation,
         data_collator=_collator(load_tokenizer(cfg.model)),
-        compute_metrics=metrics,
+        compute_metrics=_metrics_fn(info) if task_metrics is None else None,
         callbacks=[_History(history), clock := _TrainClock(resume), *callbacks],
         run_config=cfg,
+        task_metrics=task_metrics,
+        batch_sampler=sampler,
     )
     trainer.train(resume_from_checkpoint=resume)
     seconds, examples = clock.elapsed, trainer.state.global_step * cfg.batch_size * cfg.grad_accum
-    return Fitted(cfg, trainer, data, info, seconds, None if seconds is None else examples / seconds)
+    return Fitted(cfg, trainer, test, info, seconds, None if seconds is None else examples / seconds)
 
 
 def _run_identity(cfg: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
     """What a metrics.json says about which run it is, whatever the run's outcome."""
+    slugs = [task_slug(task) for task in cfg.tasks]
     return {
-        "task": cfg.task,
+        "task": cfg.task if len(slugs) == 1 else "+".join(slugs),
+        **({"task_names": slugs, "task_masks": petl_config.task_masks, "task_temperature": cfg.task_temperature} if len(slugs) > 1 else {}),
+        **({"prototype": cfg.prototype} if cfg.prototype else {}),
         "label": cfg.label or petl_config.method,
         "method": petl_config.method,
         "sparsity": petl_config.sparsity,
@@ -355,15 +460,21 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
     model = trainer.model
     best_step = _best_step(trainer.state.best_model_checkpoint)
     val = _validation_at(files.history, best_step)
-    test = _strip(trainer.evaluate(fitted.data["test"], metric_key_prefix="test"), "test_")
+    test = _strip(trainer.evaluate(fitted.test, metric_key_prefix="test"), "test_")
     model.eval()
     artifact = save_petl(model, files.artifact, backbone=model_identity(cfg.model))
     report = storage_report(model)
+    per_task = {}
+    if isinstance(fitted.test, dict):  # several tasks: scores and bytes per task, the mean on top
+        per_task = {"tasks": {task: {"val": _of_task(val, task), "test": _of_task(test, task),
+                                     "artifact_bytes": artifact_bytes(artifact, task)} for task in fitted.test}}
+        val, test = {"combined_score": val["combined_score"]}, {"combined_score": test["combined_score"]}
     metrics_out = {
         **_run_identity(cfg, petl_config),
         "status": "ok",
         "val": val,
         "test": test,
+        **per_task,
         "storage": report,
         "artifact_bytes": artifact_bytes(artifact),
         "trainable_params": report["trainable_params"],
@@ -372,13 +483,19 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
         "train_time_s": fitted.train_time_s,
         "examples_per_s": fitted.examples_per_s,
         "peak_memory_mb": _peak_memory_mb(),
-        "split_sizes": fitted.info["split_sizes"],
+        "split_sizes": ({task: info["split_sizes"] for task, info in fitted.info.items()} if per_task
+                        else fitted.info["split_sizes"]),
     }
     log.info("finished: val %s test %s", val, test)
     return _finish(cfg, petl_config, metrics_out, fitted.info)
 
 
-_TIMING = ("runtime", "samples_per_second", "steps_per_second")
+_TIMING = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
+
+
+def _of_task(metrics: dict[str, float], task: str) -> dict[str, float]:
+    """One task's part of a multi-task validation or test record (keys ``{task}/{metric}``)."""
+    return {key.removeprefix(f"{task}/"): value for key, value in metrics.items() if key.startswith(f"{task}/")}
 
 
 def _strip(metrics: dict[str, float], prefix: str, drop: tuple[str, ...] = (*_TIMING, "loss", "epoch")) -> dict[str, float]:

@@ -18,8 +18,10 @@ STUDY_CONFIGS = {  # every committed study config
     "ci": ROOT / "workflow/configs/ci.yaml",
     "ablation": ROOT / "workflow/configs/ablation.yaml",
     "budget": ROOT / "workflow/configs/budget.yaml",
+    "multitask": ROOT / "workflow/configs/multitask.yaml",
 }
 SENTIMENT_CSV = ROOT / "tests" / "fixtures" / "sentiment.csv"  # 240 rows whose label single words give away
+TOPIC_CSV = ROOT / "tests" / "fixtures" / "topic.csv"  # 150 rows, 3 topics (sport, tech, food) its words give away
 
 
 def tiny_classifier(family: str = "bert", num_labels: int = 3, layers: int = 3, hidden: int = 32, seed: int = 0):
@@ -48,6 +50,11 @@ def tiny_batch(batch: int = 4, length: int = 12, seed: int = 0) -> dict[str, tor
 @pytest.fixture(scope="session")
 def sentiment_csv() -> str:
     return str(SENTIMENT_CSV)
+
+
+@pytest.fixture(scope="session")
+def topic_csv() -> str:
+    return str(TOPIC_CSV)
 
 
 @pytest.fixture(params=["bert", "roberta"])

@@ -168,7 +168,7 @@ TAMPERED = {
     "config of other shapes": (lambda d: _tamper_config(d, **{"petl_config.reduction_factor": 4}),
                                r"prototype tensor 'down' has shape \(1, 2, 32\) in the artifact but \(1, 8, 32\) in this model"),
     "newer format": (lambda d: _tamper_config(d, format="propetl-artifact/99"), r"has format 'propetl-artifact/99'; this version reads"),
-    "truncated mask": (lambda d: _rewrite_mask(d, lambda t: t[:-1].clone()), r"mask layer\.0\.ffn\.down in masks\.safetensors has 7 bytes, expected 8 for shape \(2, 32\)"),
+    "truncated mask": (lambda d: _rewrite_mask(d, lambda t: t[:-1].clone()), r"mask layer\.0\.ffn\.down in \S*/masks\.safetensors has 7 bytes, expected 8 for shape \(2, 32\)"),
     "padded mask": (lambda d: _rewrite_mask(d, lambda t: torch.cat([t, t[:1]])), r"has 9 bytes, expected 8"),
     "wrong number of ones": (lambda d: _rewrite_mask(d, lambda t: torch.full_like(t, 255)),
                              r"mask layer\.0\.ffn\.down keeps 64 of 64 entries; sparsity 0\.5 keeps 32"),

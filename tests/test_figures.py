@@ -148,3 +148,15 @@ def test_a_budget_ladder_gets_its_gap_figure_and_other_results_do_not(budget_lad
     assert_png_and_pdf(written, "budget_gap")
     assert not any("budget_gap" in p.name for p in figures.write_figures(FIXTURE, tmp_path / "figures"))
     assert not (tmp_path / "figures" / "budget_gap.png").exists()  # the stale one is gone
+
+
+def test_task_mask_overlap_compares_the_masks_each_task_computes_with_per_layer():
+    kept = torch.tensor([True, True, False, False])
+    masks = {"a/layer.0.ffn.down": kept, "b/layer.0.ffn.down": kept,       # layer 0: the same entries
+             "a/layer.1.ffn.down": kept, "b/layer.1.ffn.down": ~kept}      # layer 1: disjoint
+    overlap = figures.task_mask_overlap(masks, ["a", "b"], "per_layer").set_index("layer")
+    assert overlap.loc[0, "jaccard"] == 1.0 and overlap.loc[1, "jaccard"] == 0.0
+    # OR layout: a task mask for every layer OR-ed with the layer's own mask
+    layered = {"a/ffn.down": torch.tensor([True, False, False, False]), "b/ffn.down": torch.tensor([False, True, False, False]),
+               "layer.0.ffn.down": torch.tensor([False, False, True, False])}
+    assert figures.task_mask_overlap(layered, ["a", "b"], "task_or_layer")["jaccard"].item() == pytest.approx(1 / 3)

@@ -51,6 +51,22 @@ def test_the_default_grid_has_every_entry_sparsity_task_and_seed():
     assert grid[0].dir == "runs/rt-polarity/full/s-/seed1"
 
 
+def test_a_multi_task_group_is_one_run_per_seed_and_a_frozen_entry_trains_on_its_prototype():
+    s = study(config("multitask"))
+    grid = s.grid()
+    joint = [run for run in grid if run.label == "joint-per-layer"]
+    assert [run.dir for run in joint] == ["runs/rt-polarity+snli+debates/joint-per-layer/s0.5/seed1",
+                                          "runs/rt-polarity+snli+debates/joint-per-layer/s0.5/seed2"]
+    assert {run.task for run in grid if run.label == "frozen-debates"} == {"debates"}  # only the task it names
+    assert {run.task for run in grid if run.label == "adapter"} == {"rt-polarity", "snli", "debates"}
+    command = s.train_flags("rt-polarity+snli+debates", "joint-task-or-layer", "0.7", 2)
+    assert command.startswith("--task rt-polarity --task snli --task debates ")
+    assert "--max-steps 540 --eval-every 270" in command and "--task-masks task_or_layer" in command
+    assert s.prepared("rt-polarity+snli") == ["results/multitask/data/rt-polarity", "results/multitask/data/snli"]
+    assert s.prototype_run("frozen-debates", 2) == "results/multitask/runs/rt-polarity+snli/joint-rt-snli/s0.5/seed2/metrics.json"
+    assert s.prototype_run("adapter", 2) is None
+
+
 def test_tuned_entries_read_the_study_of_their_own_sparsity():
     s = study(config())
     assert s.best_params("rt-polarity", "propetl-adapter", "0.7") == "results/tuning/rt-polarity/propetl-adapter/s0.5/best_params.json"
@@ -123,6 +139,14 @@ BAD = {
                               ["methods[6]", "each at most once"]),
     "budget scaled to nothing": (_bad(lambda c: c["methods"][0].update(budget_scale=0.001)),
                                  ["methods[0]", ".budget_scale", "=0 must be a positive integer"]),
+    "group of a dedicated method": (_bad(lambda c: c["methods"][1].update(tasks=["rt-polarity", "debates"]), "multitask"),
+                                    ["methods[1]", ".tasks", "several tasks needs a ProPETL method", "got method 'adapter'"]),
+    "group task not in tasks": (_bad(lambda c: c["methods"][4].update(tasks=["rt-polarity", "glue-rte"]), "multitask"),
+                                ["methods[4]", ".tasks", "'glue-rte' is not in tasks"]),
+    "prototype from nowhere": (_bad(lambda c: c["methods"][7].update(prototype_from="joint"), "multitask"),
+                               ["methods[7]", "prototype_from", "'joint' is not the label of an enabled entry"]),
+    "prototype of another method": (_bad(lambda c: c["methods"][7].update(method="propetl-lora"), "multitask"),
+                                    ["methods[7]", "prototype_from", "same method", "'propetl-lora'"]),
     "budget_scale without max_steps": (
         _bad(lambda c: (c["methods"][0].update(budget_scale=2), c["training"].pop("max_steps"), c["tasks"]["snli"].pop("max_steps"))),
         ["methods[0]", "budget_scale", "'rt-polarity' has none"]),

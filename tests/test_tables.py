@@ -235,3 +235,32 @@ def test_a_diverged_run_is_counted_beside_the_mean_never_averaged_in(tmp_path):
     assert after.loc[("glue-rte", "adapter"), "test_combined_score_mean"] == before.loc[("glue-rte", "adapter"), "test_combined_score_mean"]
     shown = tables.render_paper_table(tables.collect_runs(tmp_path / "root"))
     assert shown.loc["adapter", "glue-rte"].endswith(" (1 diverged)")
+
+
+def _write(root: Path, run_dir: str, record: dict) -> None:
+    (root / run_dir).mkdir(parents=True)
+    (root / run_dir / "metrics.json").write_text(json.dumps(record))
+
+
+def test_a_multi_task_run_is_a_row_per_task_and_storage_grows_by_what_a_task_adds(tmp_path):
+    base = {"method": "propetl-adapter", "sparsity": 0.5, "seed": 1, "status": "ok", "artifact_bytes": 100}
+    for task, score in (("a", 0.6), ("b", 0.8)):  # a dedicated adapter: one whole module per task
+        _write(tmp_path, f"runs/{task}/adapter/s-/seed1", {
+            **base, "task": task, "label": "adapter", "method": "adapter", "sparsity": None,
+            "test": {"combined_score": score}, "storage": {"storage_pct": 1.0, "shared_bits": 0, "task_bits": 1000}})
+    _write(tmp_path, "runs/a+b/joint/s0.5/seed1", {
+        **base, "task": "a+b", "label": "joint", "test": {"combined_score": 0.75},
+        "tasks": {"a": {"val": {"combined_score": 0.5}, "test": {"combined_score": 0.7}},
+                  "b": {"val": {"combined_score": 0.6}, "test": {"combined_score": 0.8}}},
+        "storage": {"storage_pct": 0.2, "shared_bits": 800, "task_bits": 100, "per_task": {"a": {}, "b": {}}}})
+    runs = tables.collect_runs(tmp_path)
+    joint = runs[runs["label"] == "joint"].set_index("task")
+    assert list(joint.index) == ["a", "b"] and set(joint["group"]) == {"a+b"} and set(joint["n_tasks"]) == {2}
+    assert joint.loc["a", "test_combined_score"] == 0.7 and joint.loc["b", "val_combined_score"] == 0.6
+    storage = tables.storage_by_tasks(runs).set_index(["label", "n_tasks"])
+    assert storage.loc[("adapter", 2), "total_bits"] == 2000 and storage.loc[("joint", 2), "total_bits"] == 1000
+    assert storage.loc[("joint", 1), "total_bits"] == 900 and storage.loc[("joint", 2), "mean_score"] == pytest.approx(75.0)
+    written = tables.write_tables(tmp_path, tmp_path / "tables")
+    assert tmp_path / "tables" / "multitask.md" in written
+    table = pd.read_csv(tmp_path / "tables" / "multitask.csv", index_col=0)
+    assert table.loc["joint (s=0.5)", "mean"] == pytest.approx(75.0) and table.loc["adapter", "total KB (all tasks)"] == 0.25

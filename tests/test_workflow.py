@@ -7,12 +7,15 @@ so nothing here reads or writes the checkout's results/ or .snakemake/.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,12 +39,12 @@ def study(name: str) -> dict:
 
 
 def expected_train_jobs(config: dict) -> int:
-    """Enabled entries x (the task's sweep values, else one sparsity) x tasks x seeds."""
+    """Enabled entries x (the task's sweep values, else one sparsity) x their tasks x seeds; a group: one per seed."""
     per_seed = sum(
-        len(entry.get("sweep", {}).get(task) or [None])
+        1 if len(entry.get("tasks", [])) > 1 else len(entry.get("sweep", {}).get(task) or [None])
         for entry in config["methods"]
         if entry.get("enabled", True)
-        for task in config["tasks"]
+        for task in (entry["tasks"][:1] if len(entry.get("tasks", [])) > 1 else entry.get("tasks", config["tasks"]))
     )
     return per_seed * len(config["seeds"])
 
@@ -57,7 +60,8 @@ def workdir(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, work / name)
     shutil.copytree(ROOT / "workflow", work / "workflow")
     (work / "tests/fixtures").mkdir(parents=True)
-    shutil.copy(ROOT / "tests/fixtures/sentiment.csv", work / "tests/fixtures/sentiment.csv")
+    for name in ("sentiment.csv", "topic.csv"):
+        shutil.copy(ROOT / "tests/fixtures" / name, work / "tests/fixtures" / name)
     return work
 
 
@@ -69,6 +73,14 @@ def dry_run(workdir: Path, *args: str) -> str:
     result = snakemake(workdir, "-n", "-p", "--nolock", *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
+
+
+def parse_job(argv: list[str]):
+    """A planned job's argv as `propetl` parses it, its --task (repeatable) joined as the run folder names it."""
+    args = build_parser().parse_args(argv)
+    if isinstance(getattr(args, "task", None), list):
+        args.task = "+".join(args.task)
+    return args
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -105,9 +117,8 @@ def test_paper_study_plans_168_runs_with_every_official_hyperparameter_spelled_o
     assert counts["train"] == expected_train_jobs(config) == 8 * 3 * 7 == 168
     assert counts["prepare"] == 8 and counts["tables"] == counts["figures"] == 1
     assert "tune" not in counts
-    parser = build_parser()
     for argv in commands(output, "train"):
-        args = parser.parse_args(argv)  # every flag the workflow writes is one `propetl train` takes
+        args = parse_job(argv)  # every flag the workflow writes is one `propetl train` takes
         assert args.model == "roberta-base" and args.max_length is None and args.params is None
         # a reader of the plan sees the whole setting: no hyperparameter is left to a default
         shown = ["--lr", "--batch-size", "--warmup-ratio", "--weight-decay", "--epochs", "--eval-strategy", "--fp16"]
@@ -123,7 +134,7 @@ def test_paper_study_plans_168_runs_with_every_official_hyperparameter_spelled_o
             assert float(args.sparsity) == PAPER_DEFAULTS[args.method]["sparsity"]
             assert args.mask_weight_decay == PAPER_TRAINING["mask_weight_decay"]
         assert args.seed in PAPER_TRAINING["seeds"]
-    assert {args.method: args.lr for args in map(parser.parse_args, commands(output, "train"))}["adapter"] == 1e-4
+    assert {args.method: args.lr for args in map(parse_job, commands(output, "train"))}["adapter"] == 1e-4
     prepared = {flag(argv, "--task"): flag(argv, "--max-length") for argv in commands(output, "prepare")}
     assert prepared == {task: str(PAPER_TRAINING["max_length"]) for task in config["tasks"]}
     assert {flag(argv, "--data-seed") for argv in commands(output, "prepare")} == {"42"}  # run_glue.py's dataset_seed
@@ -135,10 +146,9 @@ def test_default_study_grid_sweeps_only_where_asked_and_never_duplicates_baselin
     counts = job_counts(output)
     assert counts["train"] == expected_train_jobs(config) == 38
     assert counts["tune"] == 4  # adapter and propetl-adapter on both tasks
-    parser = build_parser()
     runs = {}
     for argv in commands(output, "train"):
-        args = parser.parse_args(argv)
+        args = parse_job(argv)
         assert re.fullmatch(r"results/runs/[\w.-]+/[\w.-]+/s(-|[0-9.]+)/seed\d", args.out), args.out
         runs[args.out] = args
     cells = {(a.task, a.label): set() for a in runs.values()}
@@ -157,7 +167,7 @@ def test_default_study_grid_sweeps_only_where_asked_and_never_duplicates_baselin
     assert runs["results/runs/snli/adapter/s-/seed1"].params == "results/tuning/snli/adapter/s-/best_params.json"
     assert runs["results/runs/snli/lora/s-/seed1"].params is None
     for argv in commands(output, "tune"):
-        assert build_parser().parse_args(argv).n_trials == config["tuning"]["n_trials"]
+        assert parse_job(argv).n_trials == config["tuning"]["n_trials"]
 
 
 def test_ablation_study_changes_only_the_masks_and_the_sharing_between_its_rows(workdir):
@@ -165,7 +175,7 @@ def test_ablation_study_changes_only_the_masks_and_the_sharing_between_its_rows(
     assert job_counts(output)["train"] == expected_train_jobs(study("ablation")) == 4 * 2 * 2
     variants = set()
     for argv in commands(output, "train"):
-        args = build_parser().parse_args(argv)
+        args = parse_job(argv)
         assert args.out.startswith("results/ablation/runs/") and args.method == "propetl-adapter"
         assert args.lr == 2e-3 and args.params is None  # one learning rate for every row
         variants.add((args.label, args.mask_mode, args.share))
@@ -181,10 +191,10 @@ def test_ablation_study_changes_only_the_masks_and_the_sharing_between_its_rows(
 
 def test_budget_study_scales_only_the_steps_between_the_rungs_of_its_ladder(workdir):
     output = dry_run(workdir, "--configfile", "workflow/configs/budget.yaml")
-    assert job_counts(output)["train"] == expected_train_jobs(study("budget")) == 2 * 3 * 3
-    base = {"rt-polarity": (240, 120)}
+    assert job_counts(output)["train"] == expected_train_jobs(study("budget")) == 2 * 2 * 3 * 3
+    base = {"rt-polarity": (240, 120), "snli": (180, 90)}
     rungs = set()
-    for argv in map(build_parser().parse_args, commands(output, "train")):
+    for argv in map(parse_job, commands(output, "train")):
         scale = int(argv.label.rsplit("-x", 1)[1])
         assert (argv.max_steps, argv.eval_every) == (base[argv.task][0] * scale, base[argv.task][1] * scale)
         assert argv.lr == 2e-3 and argv.warmup_ratio == 0.1 and argv.params is None  # everything else equal
@@ -209,7 +219,7 @@ def test_config_overrides_on_the_command_line_are_typed_merged_and_checked(workd
     assert counts["train"] == expected_train_jobs({**study("default"), "seeds": [3]}) == 19
     assert "tune" not in counts
     for argv in commands(output, "train"):
-        args = build_parser().parse_args(argv)
+        args = parse_job(argv)
         assert args.seed == 3 and args.params is None and args.out.startswith("elsewhere/runs/")
 
 
@@ -297,16 +307,27 @@ def test_ci_study_runs_end_to_end(ci_run):
     assert result.returncode == 0, result.stdout + result.stderr
     config = study("ci")
     runs = pd.read_csv(root / "tables/runs.csv")
-    assert len(runs) == expected_train_jobs(config) == 4
-    assert sorted(runs["run_dir"]) == [
+    assert expected_train_jobs(config) == 7
+    assert sorted(set(runs["run_dir"])) == [
+        "runs/sentiment+topic/joint/s0.5/seed1",  # one model on both tasks: a row per task
         "runs/sentiment/adapter/s-/seed1",
         "runs/sentiment/bitfit/s-/seed1",
         "runs/sentiment/propetl-adapter/s0.5/seed1",
         "runs/sentiment/propetl-adapter/s0.9/seed1",
+        "runs/topic/bitfit/s-/seed1",
+        "runs/topic/frozen/s0.5/seed1",
     ]
-    for name in ("cells.csv", "paper_table.csv", "paper_table.md", "paper_table.tex"):
+    joint = runs[runs["label"] == "joint"]
+    assert sorted(joint["task"]) == ["sentiment", "topic"] and set(joint["group"]) == {"sentiment+topic"}
+    frozen = json.loads((root / "runs/topic/frozen/s0.5/seed1/artifact/petl_config.json").read_text())
+    assert frozen["prototype_ref"]["path"] == "../../../../../sentiment+topic/joint/s0.5/seed1/artifact/prototype.safetensors"
+    storage = pd.read_csv(root / "tables/storage_by_tasks.csv")
+    two = storage[(storage["n_tasks"] == 2) & (storage["sparsity"].isna() | (storage["sparsity"] == 0.5))].set_index("label")["total_bits"]
+    # one prototype for both tasks, not one per task as two single-task ProPETL runs store
+    assert two["joint"] < two["propetl-adapter"] and two["frozen"] < two["propetl-adapter"]
+    for name in ("cells.csv", "paper_table.csv", "paper_table.md", "paper_table.tex", "multitask.md"):
         assert (root / "tables" / name).is_file()
-    for name in ("score_vs_storage", "score_vs_sparsity", "mask_overlap"):
+    for name in ("score_vs_storage", "score_vs_sparsity", "mask_overlap", "storage_by_tasks", "task_mask_overlap"):
         assert (root / "figures" / f"{name}.png").is_file()
     for study_dir in ("sentiment/adapter/s-", "sentiment/propetl-adapter/s0.5"):
         best = yaml.safe_load((root / "tuning" / study_dir / "best_params.json").read_text())
@@ -327,3 +348,34 @@ def test_a_second_run_has_nothing_to_do_and_the_report_builds(ci_run, workdir):
     assert report.returncode == 0, report.stdout + report.stderr
     html = (root / "report.html").read_text()
     assert "score_vs_storage.png" in html and "paper_table.csv" in html
+
+
+@pytest.mark.slow
+def test_a_killed_study_reruns_with_the_same_command_and_ends_with_the_uninterrupted_tables(ci_run, tmp_path):
+    reference_result, reference = ci_run
+    assert reference_result.returncode == 0, reference_result.stdout + reference_result.stderr
+    work = tmp_path / "work"
+    shutil.copytree(ci_run[1].parent, work, ignore=shutil.ignore_patterns(".snakemake", study("ci")["output"]))
+    command = ["workflow/scripts/snakemake-resumable", "--cores", "2", "--configfile", "workflow/configs/ci.yaml"]
+    env = {**os.environ, "SNAKEMAKE": f"{sys.executable} -m snakemake"}
+    runs = work / study("ci")["output"] / "runs"
+    study_process = subprocess.Popen(command, cwd=work, env=env, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tuned = runs.parent / "tuning"
+    deadline = time.monotonic() + 300
+    # kill among the train jobs, after tuning: a trial killed mid-way is #11's business (stale trials)
+    while (len(list(tuned.glob("*/*/*/best_params.json"))) < 2 or not list(runs.glob("*/*/*/*/metrics.json"))) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(study_process.pid, signal.SIGKILL)  # Snakemake and every job it started, mid-study
+    study_process.wait()
+    finished = {path: path.stat().st_mtime_ns for path in runs.glob("*/*/*/*/metrics.json")}
+    assert finished and len(finished) < expected_train_jobs(study("ci"))
+    assert list((work / ".snakemake/locks").iterdir())  # a plain `snakemake` would now refuse to start
+    again = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "releasing its locks" in again.stderr
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())  # finished runs were kept
+    tables = work / study("ci")["output"] / "tables"
+    for name in ("cells.csv", "paper_table.csv", "multitask.csv"):
+        assert (tables / name).read_text() == (reference / "tables" / name).read_text(), name

@@ -48,6 +48,14 @@ def best_params(wildcards):
     return STUDY.best_params(wildcards.task, wildcards.label, wildcards.sparsity) or []
 
 
+def train_data(wildcards):
+    return STUDY.prepared(wildcards.task)
+
+
+def prototype_run(wildcards):
+    return STUDY.prototype_run(wildcards.label, wildcards.seed) or []
+
+
 def prepare_flags(wildcards):
     return STUDY.prepare_flags(wildcards.task)
 
