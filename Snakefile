@@ -38,6 +38,7 @@ wildcard_constraints:
     label=r"[^/]+",
     sparsity=r"-|[0-9.e+-]+",
     seed=r"\d+",
+    worker=r"\d+",
 
 
 localrules:

@@ -74,7 +74,10 @@ def _tune(args: argparse.Namespace) -> None:
     train_config, petl_config = _configs(args)
     result = tune(train_config, petl_config, json.loads(args.search_space), n_trials=args.n_trials, storage=args.storage,
                   out=args.out, sampler_seed=args.sampler_seed, pruner=args.pruner)
-    print(json.dumps(result["_study"]))
+    if result is None:
+        print(f"no trial left to start; other workers still run theirs ({args.storage}); the last one writes the best parameters")
+    else:
+        print(json.dumps(result["_study"]))
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -129,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--n-trials", type=int, default=4, help="finished trials the study should have")
     tune.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed")
     tune.add_argument("--pruner", default="median", help="median | hyperband | none")
-    tune.add_argument("--storage", required=True, help="Optuna journal file (resumable; optuna-dashboard opens it)")
-    tune.add_argument("--out", required=True, help="best_params.json to write (best params + study summary under _study)")
+    tune.add_argument("--storage", required=True, help="Optuna journal file (resumable, shared by parallel workers; optuna-dashboard opens it)")
+    tune.add_argument("--out", default=None, help="best_params.json to write once the study has --n-trials finished trials "
+                                                  "(best params + study summary under _study); without it, a worker that only runs trials")
     tune.set_defaults(func=_tune)
 
     for name, what in (("tables", "CSV/Markdown/LaTeX tables"), ("figures", "PNG/PDF figures")):

@@ -1,7 +1,8 @@
 """The layout of a results root and of one run directory: the one place that spells it.
 
 A results root holds ``runs/{task}/{label}/s{sparsity}/seed{seed}/`` (``s-`` for methods
-without a sparsity) and ``tuning/{task}/{label}/s{sparsity}/``. A run directory holds
+without a sparsity) and ``tuning/{task}/{label}/s{sparsity}/`` (``best_params.json``, ``journal.log``, ``trials/`` while
+trials run, ``workers/`` markers of parallel tuning workers). A run directory holds
 ``metrics.json`` (written last and atomically: its presence means the run finished),
 ``history.jsonl`` (one line per validation pass), ``artifact/`` (the saved PETL modules),
 ``provenance.json``, ``train.log``, ``data/`` (the tokenised task, unless shared) and
@@ -23,6 +24,7 @@ CHECKPOINTS = "checkpoints"
 BEST_PARAMS = "best_params.json"
 JOURNAL = "journal.log"
 TRIALS = "trials"
+WORKERS = "workers"
 
 
 TASK_FILE_SUFFIXES = (".csv", ".jsonl", ".parquet")

@@ -348,6 +348,13 @@ class Study:
     def search_space(self, entry: dict) -> dict | None:
         return entry.get("search_space") or self.tuning["search_space"].get(entry["method"])
 
+    def tune_workers(self, slug: str, label: str, sparsity: str) -> list[str]:
+        """The markers of a study's parallel workers (tuning.workers > 1), inputs of its best_params job."""
+        if self.tuning["workers"] == 1:
+            return []
+        folder = runs.tuning_dir(slug, label, sparsity)
+        return [self.path(f"{folder}/{runs.WORKERS}/worker{i}.done") for i in range(1, self.tuning["workers"] + 1)]
+
     def is_tuned(self, label: str) -> bool:
         return bool(self.tuning["enabled"] and self.entries[label]["tune"])
 

@@ -11,9 +11,11 @@ from propetl.cli import _configs, build_parser, main
 from propetl.config import TrainConfig
 
 
-def test_tune_requires_the_best_params_path():
+def test_tune_writes_best_params_only_where_asked_and_needs_a_journal():
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["tune", "--method", "adapter", "--search-space", "{}", "--storage", "j.log"])
+        build_parser().parse_args(["tune", "--method", "adapter", "--search-space", "{}", "--out", "b.json"])
+    worker = build_parser().parse_args(["tune", "--method", "adapter", "--search-space", "{}", "--storage", "j.log"])
+    assert worker.out is None  # a worker that only runs trials
     args = build_parser().parse_args(["tune", "--method", "adapter", "--search-space", "{}", "--storage", "j.log", "--out", "b.json"])
     assert args.out == "b.json"
 

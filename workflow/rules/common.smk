@@ -64,6 +64,10 @@ def train_flags(wildcards):
     return STUDY.train_flags(wildcards.task, wildcards.label, wildcards.sparsity, wildcards.seed)
 
 
+def tune_workers(wildcards):
+    return STUDY.tune_workers(wildcards.task, wildcards.label, wildcards.sparsity)
+
+
 def tune_flags(wildcards):
     return STUDY.tune_flags(wildcards.task, wildcards.label, wildcards.sparsity)
 
