@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev,cluster]"
 	touch $@
 
+# pytest, then the CI study through the SLURM profile on a real single-node SLURM (.ci/slurm-study:
+# as root it installs and starts SLURM itself; otherwise it says loudly that it skipped)
 test: setup
 	$(BIN)/python -m pytest -q
+	BIN=$(BIN) .ci/slurm-study
 
 # CONFIG: another study config (default: config.yaml, the embedded default study).
 study: setup
