@@ -383,3 +383,19 @@ def test_a_killed_study_reruns_with_the_same_command_and_ends_with_the_uninterru
     tables = work / study("ci")["output"] / "tables"
     for name in ("cells.csv", "paper_table.csv", "multitask.csv"):
         assert (tables / name).read_text() == (reference / "tables" / name).read_text(), name
+
+
+def test_the_slurm_profile_names_no_site_and_asks_for_gpus_only_through_the_study():
+    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert "default-resources" not in profile and "set-resources" not in profile  # account/partition: the site's
+    assert {rule: limits.get("gpu", 0) for rule, limits in study("paper")["resources"].items()}["train"] == 1
+    assert all(limits.get("gpu", 0) == 0 for limits in study("ci").get("resources", {}).values())
+
+
+def test_parallel_tuning_workers_are_jobs_of_their_own_before_the_best_params(workdir):
+    output = dry_run(workdir, "--configfile", "workflow/configs/ci.yaml", "--config", "tuning={workers: 3}")
+    counts = job_counts(output)
+    assert counts["tune_worker"] == 3 * counts["tune"] == 6
+    workers = [argv for argv in commands(output, "tune") if "--out" not in argv]
+    assert len(workers) == 6 and all("--storage" in argv for argv in workers)
