@@ -5,7 +5,8 @@ save/load path so that several tasks can later share one prototype file:
 
 * ``prototype.safetensors``: the float tensors (prototypes in folded form, or
   the trained backbone tensors for ``full`` / ``bitfit``), float32;
-* ``masks.safetensors``: each layer's mask bit-packed, 1 bit per entry (uint8);
+* ``masks.safetensors``: each layer's mask as uint8 bytes, bit-packed (1 bit per entry) or, where
+  smaller, LZMA-coded (:mod:`propetl.mask_coding`; ``mask_coding`` in the config says which);
 * ``head.safetensors``: the task head;
 
 plus ``petl_config.json`` naming the method, its hyperparameters, the backbone
@@ -22,12 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -35,12 +34,14 @@ from transformers import PreTrainedModel
 
 from .atomic import atomic_dir
 from .config import PETLConfig
+from .mask_coding import decode, encode
 from .masks import Mask, kept_count
 from .architectures import encoder_layers
 from .multitask import TASK_SEP, TaskHeads, split_key, tasks_of
 from .petl_model import PROTOTYPE_REF_ATTR, apply_petl, backbone_parameters, head_modules, layer_masks, petl_config_of, prototype_layers, prototypes
 
-FORMAT = "propetl-artifact/2"  # 2: the official adapter data flow (artifacts of 1 computed another function)
+FORMAT = "propetl-artifact/3"  # 3: masks coded below one bit where smaller (mask_coding)
+READABLE_FORMATS = ("propetl-artifact/2", FORMAT)  # 2: the official adapter data flow, all masks bit-packed
 CONFIG_FILE = "petl_config.json"
 PROTOTYPE_FILE = "prototype.safetensors"
 MASKS_FILE = "masks.safetensors"
@@ -73,25 +74,14 @@ def save_prototype(model: PreTrainedModel, path: Path) -> None:
     _write_tensors(_float_tensors(model), path)
 
 
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(np.packbits(mask.flatten().cpu().numpy().astype(bool), bitorder="little"))
+def _coded_masks(model: PreTrainedModel) -> dict[str, tuple[str, torch.Tensor]]:
+    """Every mask in its smaller coding, keyed as layer_masks keys them."""
+    return {key: encode(mask.bits()) for key, mask in layer_masks(model).items()}
 
 
-def unpack_bits(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    numel = math.prod(shape)
-    if packed.numel() != (numel + 7) // 8:
-        raise ValueError(f"packed mask has {packed.numel()} bytes, expected {(numel + 7) // 8} for shape {shape}")
-    bits = np.unpackbits(packed.numpy(), count=numel, bitorder="little")
-    return torch.from_numpy(bits.astype(bool)).view(shape)
-
-
-def _masks_of(model: PreTrainedModel, task: str | None) -> dict[str, torch.Tensor]:
-    """The packed masks of one task (keys without the task), or the shared ones (task None)."""
-    return {split_key(key)[1]: pack_bits(mask.bits()) for key, mask in layer_masks(model).items() if split_key(key)[0] == task}
-
-
-def save_masks(model: PreTrainedModel, path: Path, task: str | None = None) -> None:
-    _write_tensors(_masks_of(model, task), path)
+def _of_task(coded: dict[str, Any], task: str | None) -> dict[str, Any]:
+    """One task's entries (keys without the task), or the shared ones (task None)."""
+    return {split_key(key)[1]: value for key, value in coded.items() if split_key(key)[0] == task}
 
 
 def _head_state(model: PreTrainedModel, task: str | None) -> dict[str, torch.Tensor]:
@@ -134,7 +124,8 @@ def _relative_ref(ref: dict[str, str], directory: Path) -> dict[str, str]:
     return {**ref, "path": os.path.relpath(ref["path"], Path(directory).resolve())}
 
 
-def _describe(model: PreTrainedModel, backbone: dict[str, Any] | None, directory: Path) -> dict[str, Any]:
+def _describe(model: PreTrainedModel, backbone: dict[str, Any] | None, directory: Path,
+              coded: dict[str, tuple[str, torch.Tensor]]) -> dict[str, Any]:
     config = petl_config_of(model)
     return {
         "format": FORMAT,
@@ -149,33 +140,33 @@ def _describe(model: PreTrainedModel, backbone: dict[str, Any] | None, directory
         },
         "num_labels": model.config.num_labels,
         "problem_type": model.config.problem_type,
-        "masks": {key: list(mask.shape) for key, mask in layer_masks(model).items() if split_key(key)[0] is None},
+        **_describe_masks(model, coded, None),
         **({"prototype_ref": _relative_ref(getattr(model, PROTOTYPE_REF_ATTR), directory)} if hasattr(model, PROTOTYPE_REF_ATTR) else {}),
-        **({"tasks": _describe_tasks(model)} if tasks_of(model) else {}),
+        **({"tasks": {task: {"num_labels": model.petl_task_switch.label_spaces[task][0],
+                             "problem_type": model.petl_task_switch.label_spaces[task][1],
+                             **_describe_masks(model, coded, task)} for task in tasks_of(model)}} if tasks_of(model) else {}),
     }
 
 
-def _describe_tasks(model: PreTrainedModel) -> dict[str, Any]:
-    switch_spaces = model.petl_task_switch.label_spaces
-    masks = layer_masks(model)
-    return {task: {"num_labels": switch_spaces[task][0], "problem_type": switch_spaces[task][1],
-                   "masks": {split_key(key)[1]: list(mask.shape) for key, mask in masks.items() if split_key(key)[0] == task}}
-            for task in tasks_of(model)}
+def _describe_masks(model: PreTrainedModel, coded: dict[str, tuple[str, torch.Tensor]], task: str | None) -> dict[str, Any]:
+    return {"masks": {key: list(mask.shape) for key, mask in _of_task(layer_masks(model), task).items()},
+            "mask_coding": {key: coding for key, (coding, _) in _of_task(coded, task).items()}}
 
 
 def save_petl(model: PreTrainedModel, directory: str | os.PathLike, backbone: dict[str, Any] | None = None) -> Path:
     """Write the artifact atomically: a reader never sees half of one (see :func:`atomic_dir`)."""
+    coded = _coded_masks(model)
     with atomic_dir(directory) as staging:
         if not hasattr(model, PROTOTYPE_REF_ATTR):
             save_prototype(model, staging / PROTOTYPE_FILE)
-        save_masks(model, staging / MASKS_FILE)
+        _write_tensors({key: data for key, (_, data) in _of_task(coded, None).items()}, staging / MASKS_FILE)
         for task in tasks_of(model):
             (staging / TASKS_DIR / task).mkdir(parents=True)
-            save_masks(model, staging / TASKS_DIR / task / MASKS_FILE, task)
+            _write_tensors({key: data for key, (_, data) in _of_task(coded, task).items()}, staging / TASKS_DIR / task / MASKS_FILE)
             save_head(model, staging / TASKS_DIR / task / HEAD_FILE, task)
         if not tasks_of(model):
             save_head(model, staging / HEAD_FILE)
-        (staging / CONFIG_FILE).write_text(json.dumps(_describe(model, backbone, Path(directory)), indent=2))
+        (staging / CONFIG_FILE).write_text(json.dumps(_describe(model, backbone, Path(directory), coded), indent=2))
     return Path(directory)
 
 
@@ -193,20 +184,22 @@ def read_artifact_config(directory: str | os.PathLike) -> dict[str, Any]:
         described = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"artifact file {path} is corrupt: {error}") from None
-    if described.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {described.get('format')!r}; this version reads {FORMAT!r}")
+    if described.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"{path} has format {described.get('format')!r}; this version reads {', '.join(map(repr, READABLE_FORMATS))}")
     return described
 
 
-def _unpack_file(path: Path, shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+def _unpack_file(path: Path, about: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The masks of one masks.safetensors, decoded as its config's ``mask_coding`` says (format 2: all bits)."""
     packed = _read_tensors(path)
+    shapes, codings = about["masks"], about.get("mask_coding", {})
     missing = sorted(set(shapes) - set(packed))
     if missing:
         raise ValueError(f"masks {missing[:3]} are missing from {path}")
     masks = {}
     for key, shape in shapes.items():
         try:
-            masks[key] = unpack_bits(packed[key], tuple(shape))
+            masks[key] = decode(codings.get(key, "bits"), packed[key], tuple(shape))
         except ValueError as error:
             raise ValueError(f"mask {key} in {path} {error.args[0].removeprefix('packed mask ')}") from None
     return masks
@@ -216,9 +209,9 @@ def load_masks(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Every stored mask as a bool tensor, keyed as :func:`propetl.petl_model.layer_masks` keys them."""
     directory = Path(directory)
     described = read_artifact_config(directory)
-    masks = _unpack_file(directory / MASKS_FILE, described["masks"])
+    masks = _unpack_file(directory / MASKS_FILE, described)
     for task, about in described.get("tasks", {}).items():
-        own = _unpack_file(directory / TASKS_DIR / task / MASKS_FILE, about["masks"])
+        own = _unpack_file(directory / TASKS_DIR / task / MASKS_FILE, about)
         masks |= {f"{task}{TASK_SEP}{key}": bits for key, bits in own.items()}
     return masks
 

@@ -5,6 +5,10 @@ Conventions (the paper's): the head is always trained and reported apart
 form, since only the generated prefixes are stored; ``storage_pct`` is the
 storage in 32-bit-float equivalents as a percentage of the backbone.
 
+``mask_bits_coded`` is what the masks take on disk in the artifact's coding (1 bit per entry,
+or less where LZMA codes a mask smaller: :mod:`propetl.mask_coding`), ``storage_pct_coded`` the
+storage with it; both None for a model without data (meta tensors).
+
 Storage as a function of the number of tasks N is ``shared_bits + N * task_bits``:
 ``task_bits`` is what one more task costs, head included (32 bits per head parameter), and
 ``shared_bits`` what the tasks share. A dedicated method or a single-task ProPETL run shares
@@ -20,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from .mask_coding import coded_bits
 from .multitask import TaskHeads, split_key, tasks_of
 from .petl_model import PROTOTYPE_REF_ATTR, backbone_parameters, head_modules, layer_masks, petl_config_of, prototypes
 
@@ -33,6 +38,9 @@ def storage_report(model: nn.Module) -> dict[str, Any]:
     mask_entries = sum(mask.numel for mask in layer_masks(model).values())
     backbone_params = sum(p.numel() for p in backbone)
     storage_bits = 32 * stored_float + mask_entries
+    masks = layer_masks(model).values()
+    meta = any(t.is_meta for mask in masks for t in (*mask.parameters(), *mask.buffers()))
+    coded = None if meta else sum(coded_bits(mask.bits()) for mask in masks)
     report: dict[str, Any] = {
         "backbone_params": backbone_params,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -40,6 +48,8 @@ def storage_report(model: nn.Module) -> dict[str, Any]:
         "mask_entries": mask_entries,
         "storage_bits": storage_bits,
         "storage_pct": storage_bits / 32 / backbone_params * 100,
+        "mask_bits_coded": coded,
+        "storage_pct_coded": None if coded is None else (32 * stored_float + coded) / 32 / backbone_params * 100,
         "head_params": sum(p.numel() for head in head_modules(model).values() for p in head.parameters()),
     }
     if tasks_of(model):

@@ -29,6 +29,7 @@ from propetl.config import METHODS, PAPER_DEFAULTS, dedicated_method
 CELL_KEYS = ["task", "label", "method", "sparsity"]
 HEADLINE = "test_combined_score"
 STORED_COL = "stored params (%)"
+CODED_COL = "stored, masks coded (%)"  # masks as the artifact codes them (propetl.mask_coding), below 1 bit where it can
 BYTES_COL = "bytes on disk"
 
 
@@ -92,7 +93,7 @@ def collect_runs(results_root: str | Path, run_dirs: Sequence[str | Path] | None
     runs["sparsity"] = runs["sparsity"].astype(float)
     # runs recorded before metrics.json had a status finished normally
     runs["status"] = runs["status"].fillna("ok") if "status" in runs else "ok"
-    for column in ("storage_pct", "artifact_bytes", HEADLINE):  # absent when every run diverged
+    for column in ("storage_pct", "storage_pct_coded", "artifact_bytes", HEADLINE):  # absent when every run diverged (coded: before it existed)
         if column not in runs:
             runs[column] = float("nan")
     return runs.sort_values(["task", "label", "sparsity", "seed"], na_position="first", ignore_index=True)
@@ -108,12 +109,13 @@ def cell_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """
     tests = [c for c in runs.columns if c.startswith("test_")]
     ok = runs[runs["status"] == "ok"]
-    frame = ok[CELL_KEYS + ["storage_pct", "artifact_bytes"]].join(ok[tests] * 100.0)
+    storage = ["storage_pct", "storage_pct_coded", "artifact_bytes"]
+    frame = ok[CELL_KEYS + storage].join(ok[tests] * 100.0)
     grouped = frame.groupby(CELL_KEYS, dropna=False, sort=False)
     stats = grouped[tests].agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats["n_seeds"] = grouped.size()
-    stats[["storage_pct", "artifact_bytes"]] = grouped[["storage_pct", "artifact_bytes"]].mean()
+    stats[storage] = grouped[storage].mean()
     diverged = runs[runs["status"] != "ok"].groupby(CELL_KEYS, dropna=False, sort=False).size().rename("n_diverged")
     cells = stats.join(diverged, how="outer").reset_index()
     cells["n_seeds"] = cells["n_seeds"].fillna(0).astype(int)
@@ -157,9 +159,11 @@ def paper_table(runs: pd.DataFrame) -> pd.DataFrame:
     cells = _ordered_cells(runs)
     table = _pivot(cells, f"{HEADLINE}_mean")
     table["Avg"] = table.mean(axis=1, skipna=False)
-    storage = cells.groupby("row", observed=True)[["storage_pct", "artifact_bytes"]].mean()
+    storage = cells.groupby("row", observed=True)[["storage_pct", "storage_pct_coded", "artifact_bytes"]].mean()
     storage.index = storage.index.astype(str)
     table[STORED_COL] = storage["storage_pct"]
+    if storage["storage_pct_coded"].notna().any():  # runs from before the coded size have none
+        table[CODED_COL] = storage["storage_pct_coded"]
     table[BYTES_COL] = storage["artifact_bytes"]
     return table
 
@@ -185,6 +189,8 @@ def render_paper_table(runs: pd.DataFrame, pm: str = " ± ") -> pd.DataFrame:
                        for m, s, d in zip(table[task], stds[task], diverged[task].fillna(0))]
     shown["Avg"] = [_mean_pm_std(m, float("nan"), pm) for m in table["Avg"]]
     shown[STORED_COL] = [f"{v:.3g}" for v in table[STORED_COL]]
+    if CODED_COL in table:
+        shown[CODED_COL] = [f"{v:.3g}" for v in table[CODED_COL]]
     shown[BYTES_COL] = [f"{v:,.0f}" for v in table[BYTES_COL]]
     return shown
 
@@ -305,7 +311,7 @@ def multitask_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per entry: test combined score (%) per task and their mean, and what the entry stores for
     all K tasks, what it shares and what one more task adds (KB: 1,000 bytes, at 32 bits per float
     and 1 bit per mask entry)."""
-    table = paper_table(runs).drop(columns=[STORED_COL, BYTES_COL]).rename(columns={"Avg": "mean"})
+    table = paper_table(runs).drop(columns=[STORED_COL, CODED_COL, BYTES_COL], errors="ignore").rename(columns={"Avg": "mean"})
     storage = storage_by_tasks(runs)
     last = storage[storage["n_tasks"] == storage["n_tasks"].max()].assign(row=lambda f: [row_name(lab, s) for lab, s in zip(f["label"], f["sparsity"])])
     last = last.set_index("row")

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import tiny_batch, tiny_classifier
 
-from propetl import METHODS, PETLConfig, apply_petl, load_petl, merge_masks, save_petl, storage_report
-from propetl.artifacts import artifact_bytes, load_masks, pack_bits, unpack_bits
+from propetl import METHODS, PETLConfig, apply_petl, load_petl, mask_coding, merge_masks, save_petl, storage_report
+from propetl.artifacts import artifact_bytes, load_masks
+from propetl.mask_coding import pack_bits, unpack_bits
 from propetl.masks import topk_mask
 from propetl.petl_model import layer_masks, prototype_layers, prototypes
 
@@ -198,3 +199,26 @@ def test_loading_an_artifact_never_unpickles(tmp_path, monkeypatch):
         monkeypatch.setattr(pickle, name, lambda *a, **k: pytest.fail("an artifact was unpickled"))
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load reads pickles"))
     load_petl(tiny_classifier(), tmp_path / "a")
+
+
+@pytest.mark.parametrize("shape, kept", [((32, 768), 0.1), ((768, 32), 0.1), ((64, 768), 0.5), ((24576,), 0.7),
+                                         ((7, 3), 0.05), ((16,), 0.0), ((16,), 1.0), ((5000,), 0.02)])
+def test_every_mask_coding_round_trips_exactly_and_the_smaller_one_is_kept(shape, kept):
+    numel = math.prod(shape)
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[torch.randperm(numel, generator=torch.Generator().manual_seed(numel))[: round(kept * numel)]] = True
+    mask = mask.view(shape)
+    coding, data = mask_coding.encode(mask)
+    assert torch.equal(mask_coding.decode(coding, data, shape), mask)
+    assert data.numel() <= (numel + 7) // 8  # never more than bit-packing
+    if 0.05 <= min(kept, 1 - kept) <= 0.1 and numel > 10_000:  # a rare value: within 3% of the entropy
+        assert coding == "rice" and 8 * data.numel() / numel <= 1.03 * mask_coding.entropy_bits(kept)
+
+
+def test_a_truncated_rice_mask_fails_with_one_clear_line():
+    mask = torch.zeros(5000, dtype=torch.bool)
+    mask[::20] = True
+    coding, data = mask_coding.encode(mask)
+    assert coding == "rice"
+    with pytest.raises(ValueError, match=r"packed mask ends inside codeword \d+ of 250"):
+        mask_coding.decode(coding, data[:-10].clone(), (5000,))

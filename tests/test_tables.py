@@ -264,3 +264,15 @@ def test_a_multi_task_run_is_a_row_per_task_and_storage_grows_by_what_a_task_add
     assert tmp_path / "tables" / "multitask.md" in written
     table = pd.read_csv(tmp_path / "tables" / "multitask.csv", index_col=0)
     assert table.loc["joint (s=0.5)", "mean"] == pytest.approx(75.0) and table.loc["adapter", "total KB (all tasks)"] == 0.25
+
+
+def test_the_paper_table_shows_coded_storage_beside_the_one_bit_accounting_when_runs_have_it(tmp_path):
+    for seed, coded in ((1, 0.40), (2, 0.42)):
+        _write(tmp_path, f"runs/a/propetl-lora/s0.9/seed{seed}", {
+            "task": "a", "label": "propetl-lora", "method": "propetl-lora", "sparsity": 0.9, "seed": seed, "status": "ok",
+            "artifact_bytes": 100, "test": {"combined_score": 0.8}, "storage": {"storage_pct": 0.47, "storage_pct_coded": coded}})
+    table = tables.paper_table(tables.collect_runs(tmp_path))
+    assert table.loc["propetl-lora (s=0.9)", tables.STORED_COL] == 0.47
+    assert table.loc["propetl-lora (s=0.9)", tables.CODED_COL] == pytest.approx(0.41)
+    old = tables.paper_table(tables.collect_runs(FIXTURE))  # runs from before the coded size: no such column
+    assert tables.CODED_COL not in old
