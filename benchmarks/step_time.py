@@ -1,7 +1,17 @@
-"""Side-by-side step times of every method in ONE process, reported as ratios to `adapter`.
+"""Side-by-side step times of every method in ONE process, reported as ratios to `adapter`, and each
+method's peak memory.
 
-Timing assertions do not belong in tests (machines differ); ratios measured in one
-run on one machine do. Usage:
+Timing assertions do not belong in tests (machines differ); ratios measured in one run on one
+machine do. Besides the methods, two reference rows:
+
+* ``floor``: the frozen backbone carrying activation gradients back to the embeddings, the
+  least work a training step of any method with a module in every layer can do (its forward
+  and its backward through every layer), so a method's ratio to it is what the method adds;
+* ``peft-lora``: PEFT's LoRA with our LoRA's settings (r 32, alpha 48, query and value), the
+  independent implementation of the same computation.
+
+Peak memory: each method trains a few steps in a fresh subprocess that reports its peak
+resident set (CPU) or ``torch.cuda.max_memory_allocated`` (GPU). Usage:
 
     python benchmarks/step_time.py --model minilm-l6 --threads 1 --out results/benchmarks/step_time.csv
 """
@@ -9,7 +19,12 @@ run on one machine do. Usage:
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 
 import pandas as pd
 import torch
@@ -18,8 +33,10 @@ from propetl import METHODS, PETLConfig, apply_petl, merge_masks
 from propetl.atomic import write_text
 from propetl.backbones import load_model
 
+REFERENCES = ("floor", "peft-lora")
 
-def _time(step, warmup: int, repeats: int) -> float:
+
+def _time(step: Callable[[], None], warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         step()
     start = time.perf_counter()
@@ -28,37 +45,92 @@ def _time(step, warmup: int, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def measure(model_name: str, batch: int, length: int, warmup: int, repeats: int) -> pd.DataFrame:
-    generator = torch.Generator().manual_seed(0)
-    inputs = {"input_ids": torch.randint(1000, 20000, (batch, length), generator=generator), "attention_mask": torch.ones(batch, length, dtype=torch.long)}
-    labels = torch.randint(0, 2, (batch,), generator=generator)
-    rows = []
-    for method in METHODS:
-        torch.manual_seed(0)
-        model = apply_petl(load_model(model_name, 2), PETLConfig(method=method)).train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-        for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-            def step():
-                with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                    loss = model(**inputs, labels=labels).loss
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
+def build(name: str, model_name: str) -> torch.nn.Module:
+    """A method's model, or a reference: ``floor`` (everything frozen) or ``peft-lora``."""
+    torch.manual_seed(0)
+    model = load_model(model_name, 2)
+    if name == "floor":
+        return model.requires_grad_(False)
+    if name == "peft-lora":
+        from peft import LoraConfig, get_peft_model
 
-            rows.append({"method": method, "what": f"train step {precision}", "seconds": _time(step, warmup, repeats)})
+        return get_peft_model(model, LoraConfig(r=32, lora_alpha=48, lora_dropout=0.0, target_modules=["query", "value"],
+                                                modules_to_save=["classifier"]))
+    return apply_petl(model, PETLConfig(method=name))
+
+
+def _inputs(model: torch.nn.Module, batch: int, length: int, floor: bool) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(min(1000, vocab // 2), min(20000, vocab), (batch, length), generator=generator)
+    inputs = {"attention_mask": torch.ones(batch, length, dtype=torch.long)}
+    if floor:  # the gradient has to reach the embeddings: through every layer, as with a module in layer 0
+        return inputs | {"inputs_embeds": model.get_input_embeddings()(ids).detach().requires_grad_()}
+    return inputs | {"input_ids": ids}
+
+
+def train_step(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5) if trainable else None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def step() -> None:
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad()
+        inputs.get("inputs_embeds", torch.empty(0)).grad = None
+
+    return step
+
+
+def measure(model_name: str, batch: int, length: int, warmup: int, repeats: int) -> pd.DataFrame:
+    labels = torch.randint(0, 2, (batch,), generator=torch.Generator().manual_seed(1))
+    rows = []
+    for name in (*REFERENCES, *METHODS):
+        model = build(name, model_name).train()
+        inputs = _inputs(model, batch, length, floor=name == "floor")
+        for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            rows.append({"method": name, "what": f"train step {precision}",
+                         "seconds": _time(train_step(model, inputs, labels, dtype), warmup, repeats)})
+        if name in REFERENCES:
+            continue
         model.eval()
 
-        def infer():
+        def infer() -> None:
             with torch.inference_mode():
                 model(**inputs)
 
-        rows.append({"method": method, "what": "inference", "seconds": _time(infer, warmup, repeats)})
+        rows.append({"method": name, "what": "inference", "seconds": _time(infer, warmup, repeats)})
         merge_masks(model)
-        rows.append({"method": method, "what": "inference merged", "seconds": _time(infer, warmup, repeats)})
+        rows.append({"method": name, "what": "inference merged", "seconds": _time(infer, warmup, repeats)})
     table = pd.DataFrame(rows)
-    reference = table[table.method == "adapter"].set_index("what")["seconds"]
-    table["ratio_to_adapter"] = table["seconds"] / table["what"].map(reference)
+    for reference in ("adapter", "floor"):
+        seconds = table[table.method == reference].set_index("what")["seconds"]
+        table[f"ratio_to_{reference}"] = table["seconds"] / table["what"].map(seconds)
     return table
+
+
+def peak_memory(name: str, model_name: str, batch: int, length: int, threads: int) -> float:
+    """Peak memory (MB) of a fresh process that builds ``name`` and trains 3 bf16 steps."""
+    code = (f"import sys; sys.argv = ['x']; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); import step_time; "
+            f"step_time._peak_child({name!r}, {model_name!r}, {batch}, {length}, {threads})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def _peak_child(name: str, model_name: str, batch: int, length: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    model = build(name, model_name).train()
+    step = train_step(model, _inputs(model, batch, length, floor=name == "floor"),
+                      torch.randint(0, 2, (batch,)), torch.bfloat16)
+    for _ in range(3):
+        step()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mb": peak}))
 
 
 def main() -> None:
@@ -73,8 +145,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     table = measure(args.model, args.batch, args.length, args.warmup, args.repeats)
+    memory = {name: peak_memory(name, args.model, args.batch, args.length, args.threads) for name in (*REFERENCES, *METHODS)}
+    table["peak_memory_mb"] = table["method"].map(memory)
     write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
-    print(table.pivot(index="method", columns="what", values="ratio_to_adapter").round(2).to_markdown())
+    steps = table[table["what"] == "train step bf16"].set_index("method")
+    print(steps[["seconds", "ratio_to_floor", "ratio_to_adapter", "peak_memory_mb"]].round(3).to_markdown())
 
 
 if __name__ == "__main__":

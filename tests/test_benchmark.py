@@ -1,0 +1,26 @@
+"""benchmarks/step_time.py runs end to end on a tiny model: every method, the floor, PEFT's LoRA, peak memory.
+
+Only the shape of the output is checked here; the times themselves are the benchmark's, never a test's.
+"""
+
+import importlib.util
+
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("step_time", ROOT / "benchmarks" / "step_time.py")
+step_time = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(step_time)
+
+
+def test_every_method_and_both_references_are_timed_side_by_side_with_ratios():
+    table = step_time.measure("tiny-bert", batch=4, length=8, warmup=1, repeats=1)
+    steps = table[table["what"] == "train step bf16"].set_index("method")
+    assert set(steps.index) == {"floor", "peft-lora", *step_time.METHODS}
+    assert steps.loc["floor", "ratio_to_floor"] == 1.0 and steps.loc["adapter", "ratio_to_adapter"] == 1.0
+    assert (table["seconds"] > 0).all()
+    assert not (table["method"].isin(step_time.REFERENCES) & table["what"].str.startswith("inference")).any()
+
+
+def test_peak_memory_is_measured_in_a_fresh_process_per_method():
+    floor, full = (step_time.peak_memory(name, "tiny-bert", 4, 8, threads=1) for name in ("floor", "full"))
+    assert floor > 0 and full > 0
