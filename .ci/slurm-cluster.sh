@@ -70,9 +70,12 @@ slurm_up() {
     fi
     mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/slurm
     install -d -o munge -g munge -m 0755 /run/munge
-    if [[ ! -f $SLURM_CONF ]]; then
+    # ours (first line) is rewritten for this machine's name, CPUs and memory; a site's own is kept
+    if [[ ! -f $SLURM_CONF ]] || head -n1 "$SLURM_CONF" | grep -q "propetl-bench"; then
         _slurm_conf > "$SLURM_CONF"
         _slurm_log "wrote $SLURM_CONF"
+    else
+        _slurm_log "$SLURM_CONF is not ours; using it as it is"
     fi
     if [[ ! -s /etc/munge/munge.key ]]; then
         mungekey --create --keyfile /etc/munge/munge.key
