@@ -48,7 +48,7 @@ EOF
 _slurm_start() {
     local name=$1 pidfile=$2
     shift 2
-    if pgrep -x "$name" > /dev/null; then
+    if pgrep -x -r S,R,D,T,I "$name" > /dev/null; then  # a zombie of an earlier run does not count
         _slurm_log "$name already runs; leaving it alone"
         return
     fi
