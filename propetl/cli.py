@@ -32,7 +32,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] 
                                 help=f.metadata["help"] + ("" if only is not None else " (repeatable)"))
             continue
         resolved = copy.copy(f)  # the config module uses postponed annotations: give the parser real types
-        resolved.type = hints[f.name]
+        # an unset (None) flag such as --bf16 still reads as a switch: bare, or with true/false
+        resolved.type = bool if hints[f.name] == bool | None else hints[f.name]
         HfArgumentParser._parse_dataclass_field(parser, resolved)
 
 

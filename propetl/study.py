@@ -258,6 +258,8 @@ class Study:
             if entry["sweep"] or entry["tune"] or "prototype_from" in entry:
                 _fail(f"{where}.tasks: a multi-task group takes no sweep, tune or prototype_from")
             group = {**self.config["training"], **{k: v for k, v in entry["params"].items() if k in TRAIN_KEYS}}
+            if entry["budget_scale"] != 1 and "max_steps" not in group:
+                _fail(f"{where}.budget_scale: scales max_steps, but the group's training has none (set training.max_steps)")
             _checked(f"{where}.tasks", TrainConfig, **{**self._scaled(group, entry["budget_scale"]), "task": entry["tasks"]})
         for task in entry["sweep"]:
             if task not in self.tasks:

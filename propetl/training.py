@@ -54,14 +54,20 @@ log = logging.getLogger("propetl.train")
 
 
 def resolve(train: TrainConfig, petl: PETLConfig) -> TrainConfig:
-    """Fill learning rates left unset from the method's paper defaults (one place: PAPER_DEFAULTS)."""
+    """Fill learning rates left unset from the method's paper defaults (one place: PAPER_DEFAULTS),
+    and an unset precision from the hardware: bf16 on a GPU that has it, else fp16 on a GPU, on CPU
+    neither (bf16 on CPU only when asked: it needs AVX512-BF16 to pay)."""
     defaults = PAPER_DEFAULTS[petl.method]
     lr = train.lr if train.lr is not None else defaults["lr"]
+    gpu = torch.cuda.is_available()
+    bf16 = train.bf16 if train.bf16 is not None else (gpu and torch.cuda.is_bf16_supported() and not train.fp16)
     return dataclasses.replace(
         train,
         lr=lr,
         mask_lr=train.mask_lr if train.mask_lr is not None else defaults.get("mask_lr", lr),
         head_lr=train.head_lr if train.head_lr is not None else lr,
+        bf16=bool(bf16),
+        fp16=bool(train.fp16 if train.fp16 is not None else (gpu and not bf16)),
     )
 
 

@@ -147,6 +147,8 @@ BAD = {
                                ["methods[7]", "prototype_from", "'joint' is not the label of an enabled entry"]),
     "prototype of another method": (_bad(lambda c: c["methods"][7].update(method="propetl-lora"), "multitask"),
                                     ["methods[7]", "prototype_from", "same method", "'propetl-lora'"]),
+    "group budget_scale without max_steps": (_bad(lambda c: c["training"].pop("max_steps"), "multitask"),
+                                             ["methods[4]", ".budget_scale", "the group's training has none"]),
     "budget_scale without max_steps": (
         _bad(lambda c: (c["methods"][0].update(budget_scale=2), c["training"].pop("max_steps"), c["tasks"]["snli"].pop("max_steps"))),
         ["methods[0]", "budget_scale", "'rt-polarity' has none"]),

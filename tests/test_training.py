@@ -174,3 +174,18 @@ def test_a_diverging_run_stops_and_is_recorded_as_diverged_not_scored(sentiment_
 
 def test_a_finished_run_says_ok(sentiment_csv, tmp_path):
     assert train(config(sentiment_csv, tmp_path / "run", max_steps=4, eval_every=4), PETLConfig(method="bitfit"))["status"] == "ok"
+
+
+@pytest.mark.parametrize("gpu, bf16_supported, asked, expected", [
+    (False, False, {}, (False, False)),                 # CPU: no autocast unless asked
+    (False, False, {"bf16": True}, (True, False)),
+    (True, True, {}, (True, False)),                    # a GPU with bf16: bf16
+    (True, False, {}, (False, True)),                   # an older GPU: fp16
+    (True, True, {"fp16": True}, (False, True)),        # what is asked wins
+    (True, True, {"bf16": False}, (False, True)),
+])
+def test_an_unset_precision_follows_the_hardware(monkeypatch, gpu, bf16_supported, asked, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+    cfg = resolve(TrainConfig(**asked), PETLConfig(method="adapter"))
+    assert (cfg.bf16, cfg.fp16) == expected
