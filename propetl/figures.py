@@ -260,29 +260,27 @@ def mask_run(runs: pd.DataFrame, results_root: Path) -> pd.Series | None:
 
 
 def plot_storage_by_tasks(storage: pd.DataFrame) -> Figure:
-    """Total storage against the number of tasks, one line per entry, its mean score at the line's end.
+    """Total storage against the number of tasks, one line per entry, its mean score at the line's end:
+    with the task heads (what a deployment stores) and without them (the paper's convention).
 
     Dedicated modules and full fine-tuning grow by a whole module (model) per task; a
     multi-task ProPETL group or a frozen prototype by masks and a head per task.
     """
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
-    ax = fig.subplots()
+    fig, axes = _panels(2, ncols=2, size=(5.2, 4.4))
     entries = sorted(storage.groupby(["label", "sparsity"], dropna=False), key=lambda item: label_rank(item[0][0]))
     every = max(storage["tasks"], key=lambda tasks: tasks.count("+"))
-    for i, ((label, sparsity), rows) in enumerate(entries):
-        rows = rows.sort_values("n_tasks")
-        name = label if pd.isna(sparsity) else f"{label} (s={sparsity:g})"
-        if rows["tasks"].iloc[0] != every:  # its score is over fewer tasks: say which
-            name += f" [{rows['tasks'].iloc[0]}]"
-        ax.plot(rows["n_tasks"], rows["total_mb"], marker=MARKERS[i % len(MARKERS)], label=name)
-        last = rows.iloc[-1]
-        ax.annotate(f"{last['mean_score']:.1f}", (last["n_tasks"], last["total_mb"]), xytext=(4, 0),
-                    textcoords="offset points", fontsize="x-small", va="center")
-    ax.set(yscale="log", xlabel="number of tasks", ylabel="total storage (MB, 32-bit floats, 1-bit masks)",
-           title="storage for N tasks (labels: mean test combined score %, over the entry's tasks)")
-    ax.set_xticks(sorted(storage["n_tasks"].unique()))
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    for ax, column, title in zip(axes, ("total_mb", "total_mb_without_heads"), ("with the task heads", "without the heads (paper)")):
+        for i, ((label, sparsity), rows) in enumerate(entries):
+            rows = rows.sort_values("n_tasks")
+            name = label if pd.isna(sparsity) else f"{label} (s={sparsity:g})"
+            if rows["tasks"].iloc[0] != every:  # its score is over fewer tasks: say which
+                name += f" [{rows['tasks'].iloc[0]}]"
+            ax.plot(rows["n_tasks"], rows[column], marker=MARKERS[i % len(MARKERS)], label=f"{name}: {rows['mean_score'].iloc[0]:.1f}")
+        ax.set(yscale="log", xlabel="number of tasks", ylabel="total storage (MB)", title=title)
+        ax.set_xticks(sorted(storage["n_tasks"].unique()))
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle("storage for N tasks: 32-bit floats, 1-bit masks (legend: mean test combined score %)", fontsize="medium")
+    _figure_legend(fig, axes)
     return fig
 
 
@@ -310,9 +308,11 @@ def task_mask_overlap(masks: Mapping[str, torch.Tensor], tasks: Sequence[str], l
 def plot_task_mask_overlap(overlaps: Mapping[str, pd.DataFrame]) -> Figure:
     """One panel per multi-task entry: Jaccard between tasks' masks per layer, against the random-mask level."""
     fig, axes = _panels(len(overlaps), ncols=min(len(overlaps), 3), size=(4.5, 3.4))
+    pairs = sorted({pair for frame in overlaps.values() for pair in zip(frame["task_a"], frame["task_b"])})
     for ax, (title, frame) in zip(axes, overlaps.items()):
-        for i, ((a, b), rows) in enumerate(frame.groupby(["task_a", "task_b"])):
-            ax.plot(rows["layer"], rows["jaccard"], marker=MARKERS[i % len(MARKERS)], label=f"{a} · {b}")
+        for (a, b), rows in frame.groupby(["task_a", "task_b"]):
+            i = pairs.index((a, b))  # a pair of tasks looks the same in every panel
+            ax.plot(rows["layer"], rows["jaccard"], marker=MARKERS[i % len(MARKERS)], color=f"C{i}", label=f"{a} · {b}")
         ax.axhline(random_mask_jaccard(frame["keep"].mean()), color="0.5", linestyle="--", zorder=0,
                    label="independent random masks")
         ax.set(ylim=(0, 1), title=title, xlabel="layer", ylabel="Jaccard of kept entries")

@@ -228,14 +228,16 @@ BUDGET_KEYS = ["task", "method", "sparsity", "max_steps"]
 
 
 def _main_method_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs of the methods as the paper defines them: learned masks on a shared prototype, or a baseline.
+    """Single-task runs of the methods as the paper defines them: learned masks on a shared prototype, or a baseline.
 
     Ablation entries (random or no masks, no sharing) share a ``method`` name with the
     real thing, so they are left out wherever runs are grouped by method instead of label.
     """
     learned = runs.get("mask_mode", pd.Series(None, index=runs.index)).fillna("learned") == "learned"
     shared = runs.get("share", pd.Series(None, index=runs.index)).fillna("layers") == "layers"
-    return runs[learned & shared & (runs["status"] == "ok")]
+    # one model for several tasks, or a task on another run's frozen prototype: not the single-task method
+    single = runs.get("group", pd.Series(None, index=runs.index)).isna() & runs.get("prototype", pd.Series(None, index=runs.index)).isna()
+    return runs[learned & shared & single & (runs["status"] == "ok")]
 
 
 def has_budget_ladder(runs: pd.DataFrame) -> bool:
@@ -286,7 +288,8 @@ def has_groups(runs: pd.DataFrame) -> bool:
 def storage_by_tasks(runs: pd.DataFrame) -> pd.DataFrame:
     """Total storage of N = 1..K tasks per grid entry (K: the tasks in the runs), with the entry's mean score.
 
-    ``shared_bits + N * task_bits`` (:mod:`propetl.storage`): a dedicated module or a
+    ``shared_bits + N * task_bits`` (:mod:`propetl.storage`), heads included (``total_mb``) and
+    without them, as the paper counts (``total_mb_without_heads``): a dedicated module or a
     single-task ProPETL run stores everything once per task, a multi-task group its
     prototype once and masks and a head per task, a frozen-prototype entry only masks and
     a head per task. ``mean_score`` is the entry's test combined score (%) averaged over
@@ -297,13 +300,16 @@ def storage_by_tasks(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (label, sparsity), frame in ok.groupby(["label", "sparsity"], dropna=False, sort=False):
         shared, task = frame["shared_bits"].mean(), frame["task_bits"].mean()
+        # a multi-task run's head_params are all its tasks' heads: one task's is their mean
+        head = (32 * frame["head_params"] / frame.get("n_tasks", pd.Series(1, index=frame.index)).fillna(1)).mean()
         score = frame.groupby("task")[HEADLINE].mean().mean() * 100.0
         for n in range(1, len(every) + 1):
             rows.append({"label": label, "method": frame["method"].iloc[0], "sparsity": sparsity,
                          "group": frame["group"].iloc[0] if "group" in frame else None,
                          "tasks": "+".join(sorted(frame["task"].unique())), "n_tasks": n,
                          "total_bits": shared + n * task, "total_mb": (shared + n * task) / 8 / 1e6,
-                         "shared_bits": shared, "task_bits": task, "mean_score": score})
+                         "total_mb_without_heads": (shared + n * (task - head)) / 8 / 1e6,
+                         "shared_bits": shared, "task_bits": task, "head_bits": head, "mean_score": score})
     return pd.DataFrame(rows).sort_values(["n_tasks", "total_bits"], ignore_index=True)
 
 

@@ -247,12 +247,15 @@ def test_a_multi_task_run_is_a_row_per_task_and_storage_grows_by_what_a_task_add
     for task, score in (("a", 0.6), ("b", 0.8)):  # a dedicated adapter: one whole module per task
         _write(tmp_path, f"runs/{task}/adapter/s-/seed1", {
             **base, "task": task, "label": "adapter", "method": "adapter", "sparsity": None,
-            "test": {"combined_score": score}, "storage": {"storage_pct": 1.0, "shared_bits": 0, "task_bits": 1000}})
+            "test": {"combined_score": score}, "storage": {"storage_pct": 1.0, "shared_bits": 0, "task_bits": 1000, "head_params": 10}})
+    _write(tmp_path, "runs/a/propetl-adapter/s0.5/seed1", {  # the single-task run, at a third of the group's steps
+        **base, "task": "a", "label": "propetl-adapter", "max_steps": 100, "test": {"combined_score": 0.65},
+        "storage": {"storage_pct": 0.1, "shared_bits": 0, "task_bits": 900, "head_params": 1}})
     _write(tmp_path, "runs/a+b/joint/s0.5/seed1", {
-        **base, "task": "a+b", "label": "joint", "test": {"combined_score": 0.75},
+        **base, "task": "a+b", "label": "joint", "max_steps": 200, "test": {"combined_score": 0.75},
         "tasks": {"a": {"val": {"combined_score": 0.5}, "test": {"combined_score": 0.7}},
                   "b": {"val": {"combined_score": 0.6}, "test": {"combined_score": 0.8}}},
-        "storage": {"storage_pct": 0.2, "shared_bits": 800, "task_bits": 100, "per_task": {"a": {}, "b": {}}}})
+        "storage": {"storage_pct": 0.2, "shared_bits": 800, "task_bits": 100, "head_params": 2, "per_task": {"a": {}, "b": {}}}})
     runs = tables.collect_runs(tmp_path)
     joint = runs[runs["label"] == "joint"].set_index("task")
     assert list(joint.index) == ["a", "b"] and set(joint["group"]) == {"a+b"} and set(joint["n_tasks"]) == {2}
@@ -260,6 +263,10 @@ def test_a_multi_task_run_is_a_row_per_task_and_storage_grows_by_what_a_task_add
     storage = tables.storage_by_tasks(runs).set_index(["label", "n_tasks"])
     assert storage.loc[("adapter", 2), "total_bits"] == 2000 and storage.loc[("joint", 2), "total_bits"] == 1000
     assert storage.loc[("joint", 1), "total_bits"] == 900 and storage.loc[("joint", 2), "mean_score"] == pytest.approx(75.0)
+    # without heads (32 bits per head parameter; a group's head_params are both tasks' heads)
+    assert storage.loc[("adapter", 2), "total_mb_without_heads"] * 8e6 == pytest.approx(2 * (1000 - 320))
+    assert storage.loc[("joint", 2), "total_mb_without_heads"] * 8e6 == pytest.approx(800 + 2 * (100 - 32))
+    assert not tables.has_budget_ladder(runs)  # the group's max_steps are not a budget rung of the method
     written = tables.write_tables(tmp_path, tmp_path / "tables")
     assert tmp_path / "tables" / "multitask.md" in written
     table = pd.read_csv(tmp_path / "tables" / "multitask.csv", index_col=0)
