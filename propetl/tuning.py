@@ -98,7 +98,7 @@ def tune(
     distributions = {name: optuna.distributions.FloatDistribution(spec["low"], spec["high"], log=bool(spec.get("log")))
                      for name, spec in search_space.items()}
     trials_dir = storage.parent / runs.TRIALS
-    lock = storage.with_name(storage.name + ".lock")
+    lock = storage.with_name(storage.name + ".ask.lock")  # not ".lock": Optuna's own journal lock has that name
     while True:
         with _locked(lock):
             _fail_stale(study, trials_dir, stale_after_s)
