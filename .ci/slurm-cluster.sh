@@ -2,7 +2,9 @@
 #   slurm_up     installs slurm-wlm and munge if missing (apt-get), writes /etc/slurm/slurm.conf if
 #                it has none, starts munged (as user munge), slurmctld and slurmd unless they run, and
 #                waits until the node takes jobs; idempotent
-#   slurm_down   stops exactly the daemons slurm_up started, by PID
+#   slurm_down   stops exactly the daemons slurm_up started, by PID, and removes the slurm.conf it
+#                wrote (with a slurm.conf and no controller, every `scontrol` waits 9 s for one, and
+#                the SLURM executor plugin calls it whenever Snakemake starts)
 # No systemd here: the daemons are started by hand. One node with this machine's CPUs and memory,
 # no cgroups (proctrack/linuxproc, task/none), no accounting database; MinJobAge is high so that
 # squeue still knows a finished job (the plugin's status query on clusters without sacct).
@@ -108,5 +110,9 @@ slurm_down() {
             _slurm_log "stopped $name (pid $pid)"
         fi
     done
+    if [[ -f $SLURM_CONF ]] && head -n1 "$SLURM_CONF" | grep -q "propetl-bench"; then
+        rm -f "$SLURM_CONF"
+        _slurm_log "removed $SLURM_CONF"
+    fi
     rm -f "$SLURM_STARTED"
 }
