@@ -35,6 +35,7 @@ import torch
 from datasets import Value, concatenate_datasets
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from .artifacts import artifact_bytes, load_frozen_prototype, save_petl
@@ -394,7 +395,7 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
     )
     history = files.history
     _discard_foreign_checkpoints(checkpoints, cfg, petl_config)
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resume = _last_complete_checkpoint(checkpoints)
     if resume is None:
         history.unlink(missing_ok=True)
     else:
@@ -521,6 +522,20 @@ def _discard_foreign_checkpoints(checkpoints: Path, cfg: TrainConfig, petl_confi
         shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
     write_json(marker, fingerprint)
+
+
+def _last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint a kill did not cut short, removing any that it did.
+
+    The Trainer writes trainer_state.json after the weights, optimiser, scheduler and RNG
+    states, so a checkpoint without it was being written when the run was killed.
+    """
+    while checkpoints.is_dir() and (last := get_last_checkpoint(str(checkpoints))) is not None:
+        if (Path(last) / TRAINER_STATE_NAME).is_file():
+            return last
+        log.warning("%s was cut short by a kill (no %s); removing it", last, TRAINER_STATE_NAME)
+        shutil.rmtree(last)
+    return None
 
 
 def _validation_at(history: Path, step: int) -> dict[str, float]:

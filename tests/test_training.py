@@ -1,6 +1,7 @@
 """`propetl train`: outputs, resumability, reproducibility, parameter groups."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -189,3 +190,17 @@ def test_an_unset_precision_follows_the_hardware(monkeypatch, gpu, bf16_supporte
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
     cfg = resolve(TrainConfig(**asked), PETLConfig(method="adapter"))
     assert (cfg.bf16, cfg.fp16) == expected
+
+
+def test_a_checkpoint_cut_short_by_a_kill_is_dropped_and_the_run_resumes_from_the_one_before(sentiment_csv, tmp_path):
+    petl = PETLConfig(method="propetl-adapter")
+    uninterrupted = train(config(sentiment_csv, tmp_path / "whole", keep_checkpoints=True), petl)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(sentiment_csv, tmp_path / "killed"), petl, callbacks=[_Kill()])
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    cut = checkpoints / "checkpoint-12"  # what a kill while saving step 12 leaves: weights, no trainer_state.json
+    shutil.copytree(checkpoints / "checkpoint-8", cut)
+    (cut / "trainer_state.json").unlink()
+    resumed = train(config(sentiment_csv, tmp_path / "killed"), petl)
+    assert resumed["val"] == uninterrupted["val"] and resumed["test"] == uninterrupted["test"]
+    assert "checkpoint-12 was cut short by a kill" in (tmp_path / "killed" / "train.log").read_text()
