@@ -10,8 +10,10 @@ machine do. Besides the methods, two reference rows:
 * ``peft-lora``: PEFT's LoRA with our LoRA's settings (r 32, alpha 48, query and value), the
   independent implementation of the same computation.
 
-Peak memory: each method trains a few steps in a fresh subprocess that reports its peak
-resident set (CPU) or ``torch.cuda.max_memory_allocated`` (GPU). Usage:
+Peak memory: each method trains in a fresh subprocess that reports the peak resident set of
+three training steps after a first one (CPU, Linux: the high-water mark reset through
+``/proc/self/clear_refs``, since loading the checkpoint peaks higher than training) or
+``torch.cuda.max_memory_allocated`` over them (GPU). Usage:
 
     python benchmarks/step_time.py --model minilm-l6 --threads 1 --out results/benchmarks/step_time.csv
 """
@@ -126,11 +128,27 @@ def _peak_child(name: str, model_name: str, batch: int, length: int, threads: in
     model = build(name, model_name).train()
     step = train_step(model, _inputs(model, batch, length, floor=name == "floor"),
                       torch.randint(0, 2, (batch,)), torch.bfloat16)
+    step()  # the first step allocates gradients and optimiser states
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    _reset_peak_rss()  # loading the checkpoint peaks higher than training does: measure from here
     for _ in range(3):
         step()
-    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else _peak_rss_mb()
     print(json.dumps({"peak_mb": peak}))
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the process's peak resident set (VmHWM)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def _peak_rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
