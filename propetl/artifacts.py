@@ -6,7 +6,7 @@ save/load path so that several tasks can later share one prototype file:
 * ``prototype.safetensors``: the float tensors (prototypes in folded form, or
   the trained backbone tensors for ``full`` / ``bitfit``), float32;
 * ``masks.safetensors``: each layer's mask as uint8 bytes, bit-packed (1 bit per entry) or, where
-  smaller, LZMA-coded (:mod:`propetl.mask_coding`; ``mask_coding`` in the config says which);
+  smaller, Golomb-Rice coded (:mod:`propetl.mask_coding`; ``mask_coding`` in the config says which);
 * ``head.safetensors``: the task head;
 
 plus ``petl_config.json`` naming the method, its hyperparameters, the backbone
@@ -38,6 +38,7 @@ from .mask_coding import decode, encode
 from .masks import Mask, kept_count
 from .architectures import encoder_layers
 from .multitask import TASK_SEP, TaskHeads, split_key, tasks_of
+from .runs import RunFiles
 from .petl_model import PROTOTYPE_REF_ATTR, apply_petl, backbone_parameters, head_modules, layer_masks, petl_config_of, prototype_layers, prototypes
 
 FORMAT = "propetl-artifact/3"  # 3: masks coded below one bit where smaller (mask_coding)
@@ -103,7 +104,7 @@ def file_sha256(path: Path) -> str:
 def prototype_file(path: str | os.PathLike) -> Path:
     """The prototype file of an artifact (or run) directory, or the file itself."""
     path = Path(path)
-    for candidate in (path, path / PROTOTYPE_FILE, path / "artifact" / PROTOTYPE_FILE):
+    for candidate in (path, path / PROTOTYPE_FILE, RunFiles(path).artifact / PROTOTYPE_FILE):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"no prototype at {path}: give an artifact directory holding {PROTOTYPE_FILE}, or that file")

@@ -6,7 +6,7 @@ form, since only the generated prefixes are stored; ``storage_pct`` is the
 storage in 32-bit-float equivalents as a percentage of the backbone.
 
 ``mask_bits_coded`` is what the masks take on disk in the artifact's coding (1 bit per entry,
-or less where LZMA codes a mask smaller: :mod:`propetl.mask_coding`), ``storage_pct_coded`` the
+or less where a Golomb-Rice code is smaller: :mod:`propetl.mask_coding`), ``storage_pct_coded`` the
 storage with it; both None for a model without data (meta tensors).
 
 Storage as a function of the number of tasks N is ``shared_bits + N * task_bits``:
