@@ -1,5 +1,6 @@
 # propetl-bench pipeline: prepare (tokenise each task once) -> tune (Optuna studies of the
-# tuned grid entries) -> train (entries x sparsities x tasks x seeds) -> tables + figures.
+# tuned grid entries) -> train (entries x sparsities x tasks x seeds) -> tables + figures
+# -> job_time (where the job-slot time went).
 #
 #   snakemake --cores 2                                        # the embedded default study
 #   snakemake --cores 2 --configfile workflow/configs/ci.yaml  # another study
@@ -49,3 +50,4 @@ rule all:
     input:
         rules.tables.output,
         rules.figures.output,
+        rules.job_time.output,

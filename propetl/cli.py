@@ -11,6 +11,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import warm_start
 from .config import FILE_TASK_OPTIONS, PETLConfig
 
 
@@ -91,6 +92,13 @@ def _report(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _job_time(args: argparse.Namespace) -> None:
+    from .job_time import write_job_time
+
+    for path in write_job_time(args.results, args.out):
+        print(path)
+
+
 def _export(args: argparse.Namespace) -> None:
     from .export import export_peft
 
@@ -146,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="exactly these run dirs (or their metrics.json), relative to the current directory and below --results; default: every run there")
         sub.set_defaults(func=_report)
 
+    job_time = commands.add_parser("job-time", formatter_class=formatter,
+                                   help="where a study's job-slot time went (Snakemake benchmarks + run phases)")
+    job_time.add_argument("--results", default="results", help="results root holding benchmarks/ and runs/")
+    job_time.add_argument("--out", required=True, help="output directory (job_time.csv, job_time.md)")
+    job_time.set_defaults(func=_job_time)
+
     export = commands.add_parser("export", help="write a run's artifact in another ecosystem's format")
     export.add_argument("--to", required=True, choices=["peft"], help="peft: a standard PEFT LoRA adapter (lora, propetl-lora)")
     export.add_argument("run", metavar="RUN_OR_ARTIFACT", help="a run directory or its artifact/")
@@ -165,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in warm_start.COMMANDS and warm_start.enabled() and not warm_start.FORKED:
+        code = warm_start.run(argv)  # None: no warm server (yet), run here
+        if code is not None:
+            sys.exit(code)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -33,11 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Value, concatenate_datasets
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.utils import SAFE_WEIGHTS_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
+from . import timing, warm_start
 from .artifacts import artifact_bytes, load_frozen_prototype, save_petl
 from .atomic import write_json, write_text
 from .config import FILE_TASK_OPTIONS, PAPER_DEFAULTS, PETLConfig, TrainConfig
@@ -121,7 +124,8 @@ class _PETLTrainer(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         # Trainer autocasts training steps only; evaluation in fp32 costs ~2x on CPU
-        with torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=self.run_config.bf16):
+        with (timing.phase("test" if metric_key_prefix == "test" else "validation"),
+              torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=self.run_config.bf16)):
             datasets = self.eval_dataset if eval_dataset is None else eval_dataset
             if not isinstance(datasets, dict):
                 return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
@@ -170,12 +174,47 @@ class _PETLTrainer(Trainer):
             raise Diverged(step, "non-finite gradient")
         return loss
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """A checkpoint's weights are what training changes: trainable tensors and buffers. The frozen
+        backbone is rebuilt from the pretrained weights on resume (a MiniLM PETL checkpoint: under
+        1 MB instead of 90 MB). transformers loads checkpoints non-strictly; see _issue_warnings_after_load."""
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({name: tensor.contiguous() for name, tensor in _trained_state(self.model).items()},
+                  str(out / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+        torch.save(self.args, out / TRAINING_ARGS_NAME)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        missing = sorted(set(load_result.missing_keys) & set(_trained_state(self.model)))
+        if missing or load_result.unexpected_keys:
+            raise RuntimeError(f"checkpoint does not fit the model: missing trained tensors {missing[:3]}, "
+                               f"unexpected {load_result.unexpected_keys[:3]}")
+
+    # Checkpoint writes and reads are timed apart from the training steps they interrupt.
+    def _save_checkpoint(self, model, trial):
+        with timing.phase("checkpoint"):
+            super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        with timing.phase("checkpoint"):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        with timing.phase("checkpoint"):
+            super()._load_best_model()
+
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             self.optimizer = torch.optim.AdamW(
                 parameter_groups(self.model, self.run_config, self.get_decay_parameter_names(self.model))
             )
         return self.optimizer
+
+
+def _trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state a checkpoint must hold: everything but the frozen parameters."""
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {name: tensor for name, tensor in model.state_dict().items() if name not in frozen}
 
 
 class _History(TrainerCallback):
@@ -340,6 +379,27 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
+    checkpoints = files.checkpoints
+    history = files.history
+    _discard_foreign_checkpoints(checkpoints, cfg, petl_config)
+    resume = _last_complete_checkpoint(checkpoints)
+    if resume is None:
+        history.unlink(missing_ok=True)
+    else:
+        log.info("resuming from %s", resume)
+        _truncate_history(history, resume)
+    clock = _TrainClock(resume)
+    with timing.phase("load"):
+        trainer, test, info = _build_trainer(cfg, petl_config, [_History(history), clock, *callbacks])
+    with timing.phase("train_loop"):
+        trainer.train(resume_from_checkpoint=resume)
+    seconds, examples = clock.elapsed, trainer.state.global_step * cfg.batch_size * cfg.grad_accum
+    return Fitted(cfg, trainer, test, info, seconds, None if seconds is None else examples / seconds)
+
+
+def _build_trainer(cfg: TrainConfig, petl_config: PETLConfig, callbacks: list[TrainerCallback]) -> tuple[_PETLTrainer, Any, Any]:
+    """The data, the PETL model and the Trainer of a run; also the test split(s) and task info for after training."""
+    files = RunFiles(Path(cfg.out))
     loaded = _load_tasks(cfg, files)
     set_seed(cfg.seed)
     models = {slug: load_model(cfg.model, info["num_labels"], regression=info["num_labels"] == 1, seed=cfg.seed)
@@ -362,9 +422,8 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
     if cfg.prototype:
         load_frozen_prototype(model, cfg.prototype)
 
-    checkpoints = files.checkpoints
     args = TrainingArguments(
-        output_dir=str(checkpoints),
+        output_dir=str(files.checkpoints),
         max_steps=cfg.max_steps or -1,
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
@@ -393,14 +452,6 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
         report_to=[],
         disable_tqdm=False,
     )
-    history = files.history
-    _discard_foreign_checkpoints(checkpoints, cfg, petl_config)
-    resume = _last_complete_checkpoint(checkpoints)
-    if resume is None:
-        history.unlink(missing_ok=True)
-    else:
-        log.info("resuming from %s", resume)
-        _truncate_history(history, resume)
     trainer = _PETLTrainer(
         model=model,
         args=args,
@@ -408,14 +459,12 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
         eval_dataset=validation,
         data_collator=_collator(load_tokenizer(cfg.model)),
         compute_metrics=_metrics_fn(info) if task_metrics is None else None,
-        callbacks=[_History(history), clock := _TrainClock(resume), *callbacks],
+        callbacks=list(callbacks),
         run_config=cfg,
         task_metrics=task_metrics,
         batch_sampler=sampler,
     )
-    trainer.train(resume_from_checkpoint=resume)
-    seconds, examples = clock.elapsed, trainer.state.global_step * cfg.batch_size * cfg.grad_accum
-    return Fitted(cfg, trainer, test, info, seconds, None if seconds is None else examples / seconds)
+    return trainer, test, info
 
 
 def _run_identity(cfg: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
@@ -437,13 +486,16 @@ def _run_identity(cfg: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
     }
 
 
-def _finish(cfg: TrainConfig, petl_config: PETLConfig, metrics_out: dict[str, Any], data_info: dict[str, Any] | None) -> dict[str, Any]:
+def _finish(cfg: TrainConfig, petl_config: PETLConfig, metrics_out: dict[str, Any], data_info: dict[str, Any] | None,
+            started: timing.Mark) -> dict[str, Any]:
     """Provenance, then checkpoints away, then metrics.json last: its presence means the run is over."""
     files = RunFiles(Path(cfg.out))
-    write_json(files.provenance, provenance({"train": dataclasses.asdict(cfg), "petl": petl_config.to_dict(),
-                                             "backbone": model_identity(cfg.model), "data": data_info}))
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(files.checkpoints, ignore_errors=True)
+    with timing.phase("save"):
+        write_json(files.provenance, provenance({"train": dataclasses.asdict(cfg), "petl": petl_config.to_dict(),
+                                                 "backbone": model_identity(cfg.model), "data": data_info}))
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(files.checkpoints, ignore_errors=True)
+    metrics_out["timing"] = {**timing.breakdown(started, startup=True), "warm_start": warm_start.FORKED}
     write_json(files.metrics, metrics_out)
     return metrics_out
 
@@ -455,6 +507,7 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
     ``status: diverged`` with the step and no scores, so that a study goes on with its
     other runs and the tables count it instead of averaging over what is left.
     """
+    started = timing.mark()
     try:
         fitted = fit(train_config, petl_config)
     except Diverged as diverged:
@@ -462,15 +515,16 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
         log.warning("%s", diverged)
         return _finish(cfg, petl_config, {**_run_identity(cfg, petl_config), "status": "diverged",
                                           "diverged_at_step": diverged.step, "reason": diverged.reason, "val": {}, "test": {}},
-                       data_info=None)
+                       data_info=None, started=started)
     cfg, trainer, files = fitted.config, fitted.trainer, RunFiles(Path(fitted.config.out))
     model = trainer.model
     best_step = _best_step(trainer.state.best_model_checkpoint)
     val = _validation_at(files.history, best_step)
     test = _strip(trainer.evaluate(fitted.test, metric_key_prefix="test"), "test_")
     model.eval()
-    artifact = save_petl(model, files.artifact, backbone=model_identity(cfg.model))
-    report = storage_report(model)
+    with timing.phase("save"):
+        artifact = save_petl(model, files.artifact, backbone=model_identity(cfg.model))
+        report = storage_report(model)
     per_task = {}
     if isinstance(fitted.test, dict):  # several tasks: scores and bytes per task, the mean on top
         per_task = {"tasks": {task: {"val": _of_task(val, task), "test": _of_task(test, task),
@@ -494,7 +548,7 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
                         else fitted.info["split_sizes"]),
     }
     log.info("finished: val %s test %s", val, test)
-    return _finish(cfg, petl_config, metrics_out, fitted.info)
+    return _finish(cfg, petl_config, metrics_out, fitted.info, started)
 
 
 _TIMING = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")

@@ -33,7 +33,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from transformers import TrainerCallback
 
-from . import runs
+from . import runs, timing
 from .atomic import write_json
 from .config import PETLConfig, TrainConfig, check_search_space
 from .training import Diverged, fit
@@ -146,20 +146,23 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, train_config: TrainConf
     trial_out.mkdir(parents=True)
     overrides = {name: trial.suggest_float(name, d.low, d.high, log=d.log) for name, d in trial.distributions.items()}
     config = dataclasses.replace(train_config, out=str(trial_out), keep_checkpoints=False, **overrides)
+    before = timing.mark()
     try:
         with _heartbeat(trial_out / "heartbeat"):
             fitted = fit(config, petl_config, callbacks=[_Report(trial)])
-        study.tell(trial, fitted.trainer.state.best_metric)
+        outcome: dict[str, Any] = {"values": fitted.trainer.state.best_metric}
     except optuna.TrialPruned:
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        outcome = {"state": optuna.trial.TrialState.PRUNED}
     except Diverged as diverged:  # too high a learning rate is a bad trial, not a failed study
         trial.set_user_attr("pruned_because", str(diverged))
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        outcome = {"state": optuna.trial.TrialState.PRUNED}
     except BaseException:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
     finally:
         shutil.rmtree(trial_out, ignore_errors=True)
+    trial.set_user_attr("timing", timing.breakdown(before))  # where the tuning job's time went (propetl.job_time)
+    study.tell(trial, **outcome)
 
 
 @contextmanager

@@ -2,13 +2,18 @@
 
 import json
 import shutil
+import time
 
 import pytest
 import torch
 from conftest import quick_config as config
 from transformers import Trainer, TrainerCallback
 
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 from propetl import PETLConfig, load_petl
+from propetl.petl_model import apply_petl
 from propetl.backbones import load_model
 from propetl.config import TrainConfig
 from propetl.data import load_prepared
@@ -16,14 +21,22 @@ from propetl.training import fit, parameter_groups, resolve, train
 
 
 def test_a_run_writes_the_documented_outputs(sentiment_csv, tmp_path):
+    started = time.perf_counter()
     result = train(config(sentiment_csv, tmp_path / "run", label="pa"), PETLConfig(method="propetl-adapter", sparsity=0.5))
+    wall = time.perf_counter() - started
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == ["artifact", "data", "history.jsonl", "metrics.json", "provenance.json", "train.log"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(result))
     for key in ("task", "label", "method", "sparsity", "seed", "data_seed", "model", "val", "test", "storage", "trainable_params",
-                "steps", "best_step", "train_time_s", "examples_per_s", "peak_memory_mb", "artifact_bytes"):
+                "steps", "best_step", "train_time_s", "examples_per_s", "peak_memory_mb", "artifact_bytes", "timing"):
         assert key in metrics, key
+    # where the run's time went: the phases cover the call, each one happened, none overlaps another
+    phases = dict(metrics["timing"])
+    assert phases.pop("warm_start") is False  # trained in this process, not forked by a warm-start server
+    assert list(phases) == ["startup_s", "load_s", "train_steps_s", "validation_s", "checkpoint_s", "test_s", "save_s"]
+    assert all(phases[key] > 0 for key in phases)
+    assert 0.7 * wall < sum(value for key, value in phases.items() if key != "startup_s") <= wall
     assert metrics["label"] == "pa" and metrics["steps"] == 16 and metrics["best_step"] in (4, 8, 12, 16)
     assert {"accuracy", "combined_score"} <= metrics["test"].keys()
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
@@ -72,6 +85,13 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(sentiment_csv, 
         fit(config(sentiment_csv, tmp_path / "killed"), petl, callbacks=[_Kill()])
     assert (tmp_path / "killed" / "checkpoints" / "checkpoint-8").is_dir()
     assert not (tmp_path / "killed" / "metrics.json").exists()
+    # the checkpoint holds what training changes, never the frozen backbone a resumed run rebuilds
+    model = apply_petl(load_model("tiny-bert", 2, seed=1), petl)
+    with safe_open(tmp_path / "killed" / "checkpoints" / "checkpoint-8" / "model.safetensors", "pt") as weights:
+        saved = set(weights.keys())
+    params = dict(model.named_parameters())
+    assert {name for name, p in params.items() if p.requires_grad} <= saved
+    assert not saved & {name for name, p in params.items() if not p.requires_grad}
     with (tmp_path / "killed" / "history.jsonl").open("a") as f:
         f.write('{"step": 12, "accur')  # a kill in the middle of writing a record
     clock = tmp_path / "killed" / "checkpoints" / "checkpoint-8" / "train_clock.json"
@@ -83,6 +103,17 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(sentiment_csv, 
     assert resumed["val"] == uninterrupted["val"] and resumed["test"] == uninterrupted["test"]
     assert (tmp_path / "killed" / "history.jsonl").read_text() == (tmp_path / "whole" / "history.jsonl").read_text()
     assert "resuming from" in (tmp_path / "killed" / "train.log").read_text()
+
+
+def test_a_checkpoint_without_a_trained_tensor_is_refused_not_resumed_with_fresh_weights(sentiment_csv, tmp_path):
+    petl = PETLConfig(method="adapter")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(sentiment_csv, tmp_path), petl, callbacks=[_Kill()])
+    weights = tmp_path / "checkpoints" / "checkpoint-8" / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({name: tensor for name, tensor in tensors.items() if "classifier" not in name}, weights)
+    with pytest.raises(RuntimeError, match=r"checkpoint does not fit the model: missing trained tensors \['classifier"):
+        train(config(sentiment_csv, tmp_path), petl)
 
 
 def test_resuming_reads_trainer_checkpoints_as_weights_only(sentiment_csv, tmp_path, monkeypatch):

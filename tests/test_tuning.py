@@ -26,6 +26,7 @@ def test_tuning_uses_validation_resumes_with_the_trials_it_has_and_writes_best_p
     assert not (tmp_path / "study" / "trials").exists()  # each trial's folder is gone, and then theirs
     study = optuna.load_study(study_name=best["_study"]["name"], storage=JournalStorage(JournalFileBackend(str(tmp_path / "study" / "journal.log"))))
     assert len(study.trials) == 3 and len({t.params["lr"] for t in study.trials}) == 3
+    assert all(t.user_attrs["timing"]["train_steps_s"] > 0 and t.user_attrs["timing"]["validation_s"] > 0 for t in study.trials)
     assert study.best_value == best["_study"]["best_value"]
 
 

@@ -144,7 +144,7 @@ def test_default_study_grid_sweeps_only_where_asked_and_never_duplicates_baselin
     config = study("default")
     output = dry_run(workdir)
     counts = job_counts(output)
-    assert counts["train"] == expected_train_jobs(config) == 38
+    assert counts["train"] == expected_train_jobs(config) == 57  # 19 per seed, seeds 1-3
     assert counts["tune"] == 4  # adapter and propetl-adapter on both tasks
     runs = {}
     for argv in commands(output, "train"):
@@ -336,6 +336,12 @@ def test_ci_study_runs_end_to_end(ci_run):
     assert not (root / "tuning/sentiment/propetl-adapter/s0.9").exists()  # the sweep reuses s0.5's study
     assert (root / "benchmarks/train/sentiment/bitfit/s-/seed1.tsv").is_file()
     assert (root / "logs/train/sentiment/bitfit/s-/seed1.log").is_file()
+    # where the job-slot time went: every job that ran, each train job split by its phases
+    job_time = pd.read_csv(root / "tables/job_time.csv")
+    assert set(job_time["rule"]) == {"prepare", "tune", "train", "tables", "figures"}
+    assert {"startup", "train_steps", "validation", "test", "other"} <= set(job_time[job_time["rule"] == "train"]["phase"])
+    assert "tuning overhead" in set(job_time[job_time["rule"] == "tune"]["phase"])
+    assert job_time["share_pct"].sum() == pytest.approx(100, abs=0.5)
 
 
 @pytest.mark.slow
@@ -357,7 +363,8 @@ def test_a_killed_study_reruns_with_the_same_command_and_ends_with_the_uninterru
     work = tmp_path / "work"
     shutil.copytree(ci_run[1].parent, work, ignore=shutil.ignore_patterns(".snakemake", study("ci")["output"]))
     command = ["workflow/scripts/snakemake-resumable", "--cores", "2", "--configfile", "workflow/configs/ci.yaml"]
-    env = {**os.environ, "SNAKEMAKE": f"{sys.executable} -m snakemake"}
+    # cold jobs (no warm start): slow enough that the kill below lands between train jobs
+    env = {**os.environ, "SNAKEMAKE": f"{sys.executable} -m snakemake", "PROPETL_WARM_START": "0"}
     runs = work / study("ci")["output"] / "runs"
     study_process = subprocess.Popen(command, cwd=work, env=env, start_new_session=True,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

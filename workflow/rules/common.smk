@@ -17,8 +17,14 @@ from propetl.study import Study, StudyError, typed
 
 # Jobs call the `propetl` command. Snakemake run as .venv/bin/snakemake (venv not activated)
 # gives its jobs a PATH without it: put the running interpreter's bin dir first then.
+# Local jobs start warm (propetl.warm_start: a server on this host imports torch once and forks
+# each job); PROPETL_WARM_START=0 in the environment turns that off. Cluster jobs start cold.
+_prefix = "set -euo pipefail; "
 if shutil.which("propetl") is None:
-    shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
+    _prefix += f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
+if workflow.local_exec and "PROPETL_WARM_START" not in os.environ:
+    _prefix += "export PROPETL_WARM_START=1; "
+shell.prefix(_prefix)
 
 # The config is final here (config files and --config overrides merged); --config values
 # arrive as strings and are typed as in a config file first.

@@ -57,3 +57,27 @@ rule figures:
         runtime=resource("aggregate", "runtime"),
     shell:
         "propetl figures --results {params.root} --out {output} --runs {input.runs:q} > {log} 2>&1"
+
+
+rule job_time:
+    """Where the study's job-slot time went: every job's benchmark split by the phases its run
+    or tuning trials recorded. Runs last, so every other job's benchmark file is there."""
+    input:
+        rules.tables.output,
+        rules.figures.output,
+    output:
+        csv=results("tables/job_time.csv"),
+        markdown=results("tables/job_time.md"),
+    params:
+        root=lambda wildcards, output: Path(output.csv).parent.parent,
+        out=lambda wildcards, output: Path(output.csv).parent,
+    log:
+        results("logs/job_time.log"),
+    conda:
+        "../envs/propetl.yaml"
+    threads: resource("aggregate", "threads")
+    resources:
+        mem_mb=resource("aggregate", "mem_mb"),
+        runtime=resource("aggregate", "runtime"),
+    shell:
+        "propetl job-time --results {params.root} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,95 @@
+"""A study's job-slot time by phase: how much of it went into training steps and evaluation.
+
+Job-slot time is the sum of every job's wall time (Snakemake's ``benchmarks/`` files), the
+core-seconds a study occupies. A train job's time splits into the phases its run recorded
+(``metrics.json`` ``timing``, see :mod:`propetl.timing`); a tuning study's jobs into the phases
+of its trials (Optuna user attribute ``timing``) and what is left (start-up, Optuna, trial
+set-up); prepare, tables and figures count whole. What no phase claims is ``other``
+(shell, interpreter exit, Snakemake's job wrapper).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from . import runs
+from .atomic import write_text
+
+BENCHMARKS = "benchmarks"
+# phases that are what a study is for
+USEFUL = ("train_steps", "validation", "test")
+_RUN_PHASES = ("startup", "load", "train_steps", "validation", "checkpoint", "test", "save")
+
+
+def _job_seconds(tsv: Path) -> float:
+    return float(pd.read_csv(tsv, sep="\t")["s"].iloc[-1])
+
+
+def _run_rows(root: Path, tsv: Path, job_seconds: float) -> list[dict]:
+    """benchmarks/train/{task}/{label}/s{sparsity}/seed{seed}.tsv -> the run's recorded phases and ``other``."""
+    task, label, sparsity, seed = tsv.relative_to(root / BENCHMARKS / "train").with_suffix("").parts
+    metrics = json.loads((root / runs.run_dir(task, label, sparsity.removeprefix("s"), seed.removeprefix("seed")) / runs.METRICS).read_text())
+    if "timing" not in metrics:  # trained before runs recorded their phases
+        return [{"rule": "train", "phase": "unsplit (run without timing)", "seconds": job_seconds}]
+    phases = [{"rule": "train", "phase": name, "seconds": metrics["timing"][f"{name}_s"]} for name in _RUN_PHASES]
+    return phases + [{"rule": "train", "phase": "other", "seconds": job_seconds - sum(p["seconds"] for p in phases)}]
+
+
+def _tuning_rows(root: Path, study_dir: Path, job_seconds: float) -> list[dict]:
+    """All jobs of one Optuna study (tune and tune_worker): its trials' phases, the rest is tuning overhead."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = root / study_dir / runs.JOURNAL
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    trials = [t for study in optuna.get_all_study_summaries(storage)
+              for t in optuna.load_study(study_name=study.study_name, storage=storage).trials if "timing" in t.user_attrs]
+    rows = [{"rule": "tune", "phase": name, "seconds": sum(t.user_attrs["timing"][f"{name}_s"] for t in trials)}
+            for name in _RUN_PHASES if name != "startup"]
+    rows.append({"rule": "tune", "phase": "tuning overhead", "seconds": job_seconds - sum(row["seconds"] for row in rows)})
+    return rows
+
+
+def job_time(root: str | Path) -> pd.DataFrame:
+    """Seconds and share of the job-slot time per (rule, phase) for every job benchmarked under ``root``."""
+    root = Path(root)
+    rows: list[dict] = []
+    tuning: dict[Path, float] = {}
+    for tsv in sorted((root / BENCHMARKS).rglob("*.tsv")):
+        rule = tsv.relative_to(root / BENCHMARKS).parts[0].removesuffix(".tsv")
+        seconds = _job_seconds(tsv)
+        if rule == "train":
+            rows += _run_rows(root, tsv, seconds)
+        elif rule == "tune":  # tune/{task}/{label}/s{sparsity}.tsv or .../s{sparsity}/worker{n}.tsv
+            parts = tsv.relative_to(root / BENCHMARKS / "tune").with_suffix("").parts
+            study = Path(runs.tuning_dir(parts[0], parts[1], parts[2].removeprefix("s")))
+            tuning[study] = tuning.get(study, 0.0) + seconds
+        else:
+            rows.append({"rule": rule, "phase": "whole job", "seconds": seconds})
+    for study, seconds in tuning.items():
+        rows += _tuning_rows(root, study, seconds)
+    if not rows:
+        raise FileNotFoundError(f"no Snakemake benchmark files under {root / BENCHMARKS}")
+    table = pd.DataFrame(rows).groupby(["rule", "phase"], sort=False, as_index=False)["seconds"].sum()
+    table["share_pct"] = 100 * table["seconds"] / table["seconds"].sum()
+    return table
+
+
+def write_job_time(root: str | Path, out: str | Path) -> list[Path]:
+    """job_time.csv and job_time.md (with the training + evaluation share on top) in ``out``."""
+    table = job_time(root)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    useful = table[table["phase"].isin(USEFUL)]["share_pct"].sum()
+    shown = table.assign(seconds=table["seconds"].round(1), share_pct=table["share_pct"].round(1))
+    markdown = (f"Job-slot time {table['seconds'].sum() / 60:.1f} min over all jobs; "
+                f"training steps and evaluation (validation + test): **{useful:.1f}%**.\n\n"
+                + shown.to_markdown(index=False) + "\n")
+    csv, md = out / "job_time.csv", out / "job_time.md"
+    write_text(csv, shown.to_csv(index=False))
+    write_text(md, markdown)
+    return [csv, md]

@@ -1,0 +1,58 @@
+"""Where a job's wall time goes: named phases of this process, added up as they happen.
+
+A study's benchmark files give each Snakemake job its wall time; these phases split it, so
+that the share spent in training steps and evaluation (what a study is for) can be told
+from interpreter start-up, loading and saving (what it pays to get there). A run records
+its breakdown in ``metrics.json`` (``timing``), a tuning trial in the Optuna journal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psutil
+
+_totals: dict[str, float] = {}
+
+# The phases a run passes through; "train_loop" (Trainer.train) contains "validation" and "checkpoint".
+PHASES = ("load", "train_loop", "validation", "checkpoint", "test", "save")
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` body to phase ``name``."""
+    if name not in PHASES:
+        raise ValueError(f"phase={name!r} is not one of {', '.join(PHASES)}")
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _totals[name] = _totals.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A point in this process: its age (seconds since it started) and the phase totals up to then."""
+
+    age: float
+    totals: dict[str, float]
+
+
+def mark() -> Mark:
+    return Mark(time.time() - psutil.Process().create_time(), dict(_totals))
+
+
+def breakdown(since: Mark, *, startup: bool = False) -> dict[str, float]:
+    """Seconds per phase after ``since``, training steps apart from the validation and
+    checkpoints they are interleaved with; ``startup_s`` (the process's age at ``since``:
+    interpreter, imports, argument parsing) when ``startup``."""
+    spent = {name: _totals.get(name, 0.0) - since.totals.get(name, 0.0) for name in PHASES}
+    return {
+        **({"startup_s": since.age} if startup else {}),
+        "load_s": spent["load"],
+        "train_steps_s": spent["train_loop"] - spent["validation"] - spent["checkpoint"],
+        **{f"{name}_s": spent[name] for name in ("validation", "checkpoint", "test", "save")},
+    }
