@@ -140,11 +140,11 @@ def serve(path: str | Path, idle_exit_s: float = IDLE_EXIT_S) -> None:
     lock = _try_lock(path)
     if lock is None:
         return  # another server is starting or running
+    code = signature()  # before the imports: torch sets environment variables of its own
     import propetl.cli  # noqa: F401  the imports every job would repeat
     import propetl.training  # noqa: F401
     import propetl.tuning  # noqa: F401
 
-    code = signature()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # stopped: take the socket file along
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     binding = path.with_name(f"{path.name}.{os.getpid()}")

@@ -31,9 +31,16 @@ def _start(path: Path) -> subprocess.Popen:
     return process
 
 
+def _signature_of(env: dict[str, str]) -> str:
+    return subprocess.run([sys.executable, "-c", "from propetl import warm_start; print(warm_start.signature())"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def _env(path: Path, warm: bool = True) -> dict[str, str]:
-    """The environment a job of a local study gets, with this module's own socket."""
-    return {**os.environ, warm_start.SOCKET_ENV: str(path), warm_start.ENV: "1" if warm else "0",
+    """The environment a job of a local study gets, with this module's own socket: without what
+    importing torch adds to it (as in a job started by Snakemake, which never imports torch)."""
+    fresh = {key: value for key, value in os.environ.items() if not key.startswith(("TORCHINDUCTOR_", "KMP_"))}
+    return {**fresh, warm_start.SOCKET_ENV: str(path), warm_start.ENV: "1" if warm else "0",
             "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
@@ -97,9 +104,12 @@ def test_a_terminated_warm_job_passes_the_signal_on_and_exits_as_killed_by_it(se
 
 @pytest.mark.parametrize("change", ["code edited", "threads asked through the environment"])
 def test_a_server_started_for_other_code_or_environment_sends_jobs_back_cold_and_goes_away(change, tmp_path, monkeypatch):
-    server = _start(tmp_path / "old.sock")
-    monkeypatch.setenv(warm_start.SOCKET_ENV, str(tmp_path / "old.sock"))
-    monkeypatch.setenv("PYTHONPATH", _env(tmp_path)["PYTHONPATH"])
+    server, env = _start(tmp_path / "old.sock"), _env(tmp_path / "old.sock")
+    for key in set(os.environ) - set(env):  # otherwise this process's environment is the server's
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert warm_start.signature() == _signature_of(env)  # the server serves this process as it is
     if change == "code edited":
         monkeypatch.setattr(warm_start, "signature", lambda: "code edited since the server started")
     else:

@@ -342,6 +342,8 @@ def test_ci_study_runs_end_to_end(ci_run):
     assert {"startup", "train_steps", "validation", "test", "other"} <= set(job_time[job_time["rule"] == "train"]["phase"])
     assert "tuning overhead" in set(job_time[job_time["rule"] == "tune"]["phase"])
     assert job_time["share_pct"].sum() == pytest.approx(100, abs=0.5)
+    # local jobs start warm once the server the first job started is up (propetl.warm_start)
+    assert any(json.loads(path.read_text())["timing"]["warm_start"] for path in (root / "runs").glob("*/*/*/*/metrics.json"))
 
 
 @pytest.mark.slow
