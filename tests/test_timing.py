@@ -1,7 +1,11 @@
 """Where a job's time goes: phases of a process (propetl.timing) and of a study's jobs (propetl.job_time)."""
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -11,6 +15,8 @@ from optuna.storages.journal import JournalFileBackend
 
 from propetl import timing
 from propetl.job_time import job_time, write_job_time
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_phases_add_up_and_the_training_steps_exclude_what_interrupts_them():
@@ -85,3 +91,10 @@ def test_a_study_job_time_splits_train_jobs_by_their_phases_and_tuning_jobs_by_t
 def test_a_results_root_without_benchmarks_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no Snakemake benchmark files under"):
         job_time(tmp_path)
+
+
+def test_a_process_age_is_never_more_than_the_time_since_it_was_launched():
+    started = time.perf_counter()
+    age = float(subprocess.run([sys.executable, "-c", "from propetl import timing; print(timing.mark().age)"],
+                               capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout)
+    assert 0 < age < time.perf_counter() - started
