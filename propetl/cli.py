@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in warm_start.COMMANDS and warm_start.enabled() and not warm_start.FORKED:
+    if argv and argv[0] in warm_start.COMMANDS and warm_start.enabled():  # off in a job the server forked (_child)
         code = warm_start.run(argv)  # None: no warm server (yet), run here
         if code is not None:
             sys.exit(code)

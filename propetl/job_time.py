@@ -17,11 +17,11 @@ import pandas as pd
 
 from . import runs
 from .atomic import write_text
+from .timing import BREAKDOWN
 
 BENCHMARKS = "benchmarks"
 # phases that are what a study is for
 USEFUL = ("train_steps", "validation", "test")
-_RUN_PHASES = ("startup", "load", "train_steps", "validation", "checkpoint", "test", "save")
 
 
 def _job_seconds(tsv: Path) -> float:
@@ -34,7 +34,7 @@ def _run_rows(root: Path, tsv: Path, job_seconds: float) -> list[dict]:
     metrics = json.loads((root / runs.run_dir(task, label, sparsity.removeprefix("s"), seed.removeprefix("seed")) / runs.METRICS).read_text())
     if "timing" not in metrics:  # trained before runs recorded their phases
         return [{"rule": "train", "phase": "unsplit (run without timing)", "seconds": job_seconds}]
-    phases = [{"rule": "train", "phase": name, "seconds": metrics["timing"][f"{name}_s"]} for name in _RUN_PHASES]
+    phases = [{"rule": "train", "phase": name, "seconds": metrics["timing"][f"{name}_s"]} for name in BREAKDOWN]
     return phases + [{"rule": "train", "phase": "other", "seconds": job_seconds - sum(p["seconds"] for p in phases)}]
 
 
@@ -49,7 +49,7 @@ def _tuning_rows(root: Path, study_dir: Path, job_seconds: float) -> list[dict]:
     trials = [t for study in optuna.get_all_study_summaries(storage)
               for t in optuna.load_study(study_name=study.study_name, storage=storage).trials if "timing" in t.user_attrs]
     rows = [{"rule": "tune", "phase": name, "seconds": sum(t.user_attrs["timing"][f"{name}_s"] for t in trials)}
-            for name in _RUN_PHASES if name != "startup"]
+            for name in BREAKDOWN if name != "startup"]
     rows.append({"rule": "tune", "phase": "tuning overhead", "seconds": job_seconds - sum(row["seconds"] for row in rows)})
     return rows
 

@@ -21,6 +21,8 @@ _totals: dict[str, float] = {}
 
 # The phases a run passes through; "train_loop" (Trainer.train) contains "validation" and "checkpoint".
 PHASES = ("load", "train_loop", "validation", "checkpoint", "test", "save")
+# What a breakdown reports (``{name}_s``): the training loop without what interrupts it, and the start-up.
+BREAKDOWN = ("startup", "load", "train_steps", "validation", "checkpoint", "test", "save")
 
 
 @contextmanager
@@ -62,9 +64,6 @@ def breakdown(since: Mark, *, startup: bool = False) -> dict[str, float]:
     checkpoints they are interleaved with; ``startup_s`` (the process's age at ``since``:
     interpreter, imports, argument parsing) when ``startup``."""
     spent = {name: _totals.get(name, 0.0) - since.totals.get(name, 0.0) for name in PHASES}
-    return {
-        **({"startup_s": since.age} if startup else {}),
-        "load_s": spent["load"],
-        "train_steps_s": spent["train_loop"] - spent["validation"] - spent["checkpoint"],
-        **{f"{name}_s": spent[name] for name in ("validation", "checkpoint", "test", "save")},
-    }
+    spent["train_steps"] = spent["train_loop"] - spent["validation"] - spent["checkpoint"]
+    spent["startup"] = since.age
+    return {f"{name}_s": spent[name] for name in BREAKDOWN if startup or name != "startup"}
