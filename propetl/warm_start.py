@@ -81,8 +81,11 @@ def run(argv: list[str]) -> int | None:
     signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)  # held until they can reach the child
     with client:
         request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "signature": signature()}).encode()
-        socket.send_fds(client, [_CODE.pack(len(request)) + request], [0, 1, 2])
-        child = _receive_code(client)
+        try:
+            socket.send_fds(client, [_CODE.pack(len(request)) + request], [0, 1, 2])
+            child = _receive_code(client)
+        except OSError:  # queued on a server that stopped listening (its code went stale) before taking this job
+            child = None
         if child is None or child == STALE:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
             return None  # the server is going away (exited, or its code is older than ours): run cold

@@ -2,9 +2,12 @@
 
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -116,6 +119,23 @@ def test_a_server_started_for_other_code_or_environment_sends_jobs_back_cold_and
         monkeypatch.setenv("OMP_NUM_THREADS", "7")  # read when torch is imported
     assert warm_start.run(["train", "--help"]) is None  # the caller runs the job itself
     assert server.wait(timeout=30) == 0 and not (tmp_path / "old.sock").exists()
+
+
+def test_a_job_queued_on_a_server_that_stops_listening_before_taking_it_runs_cold(tmp_path, monkeypatch):
+    """Two jobs start together at a server whose code went stale: it answers the first and closes its
+    socket, which resets the second's queued connection. That job must run cold, not fail."""
+    path = tmp_path / "going.sock"
+    monkeypatch.setenv(warm_start.SOCKET_ENV, str(path))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    outcome = {}
+    job = threading.Thread(target=lambda: outcome.setdefault("code", warm_start.run(["train", "--help"])))
+    job.start()
+    assert select.select([listener], [], [], 30)[0]  # the job's connection waits in the queue, never accepted
+    listener.close()
+    job.join(timeout=30)
+    assert not job.is_alive() and outcome == {"code": None}  # None: the caller runs the job itself
 
 
 def test_without_a_server_the_first_job_runs_cold_and_starts_one_in_the_background(tmp_path, monkeypatch):

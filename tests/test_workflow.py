@@ -20,11 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from conftest import STUDY_CONFIGS
 from jsonschema import Draft202012Validator
 
+from propetl import warm_start
 from propetl.cli import build_parser
 from propetl.config import PAPER_DEFAULTS, PAPER_EPOCHS, PAPER_TRAINING, PROPETL_METHODS
 
@@ -63,6 +65,21 @@ def workdir(tmp_path_factory) -> Path:
     for name in ("sentiment.csv", "topic.csv"):
         shutil.copy(ROOT / "tests/fixtures" / name, work / "tests/fixtures" / name)
     return work
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_warm_start_server(tmp_path_factory):
+    """The studies here start their jobs' warm-start server on a socket of their own, stopped at the end.
+
+    On the checkout's default socket it would outlive pytest by its idle time, started from pytest's
+    environment, and meet the next local study of this checkout (CI's SLURM check) as a stale server."""
+    path = tmp_path_factory.mktemp("warm") / "warm.sock"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(warm_start.SOCKET_ENV, str(path))
+        yield
+    for server in (p for p in psutil.process_iter(["cmdline"]) if str(path) in (p.info["cmdline"] or [])):
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
