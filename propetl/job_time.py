@@ -6,6 +6,12 @@ core-seconds a study occupies. A train job's time splits into the phases its run
 of its trials (Optuna user attribute ``timing``) and what is left (start-up, Optuna, trial
 set-up); prepare, tables and figures count whole. What no phase claims is ``other``
 (shell, interpreter exit, Snakemake's job wrapper).
+
+A tuning study's journal outlives its jobs (an interrupted or committed study resumes with the
+trials it has), so only the trials that ran while one of its jobs ran count: Snakemake writes a
+job's benchmark file as the job ends, which dates the job to ``[mtime - s, mtime]``. Tables of a
+study are made where it ran; results copied without their files' times would count every trial
+as earlier than its job.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ def _job_seconds(tsv: Path) -> float:
     return float(pd.read_csv(tsv, sep="\t")["s"].iloc[-1])
 
 
+def _job_window(tsv: Path) -> tuple[float, float]:
+    """When a job ran (epoch seconds): its benchmark file is written as it ends."""
+    end = tsv.stat().st_mtime
+    return end - _job_seconds(tsv), end
+
+
 def _run_rows(root: Path, tsv: Path, job_seconds: float) -> list[dict]:
     """benchmarks/train/{task}/{label}/s{sparsity}/seed{seed}.tsv -> the run's recorded phases and ``other``."""
     task, label, sparsity, seed = tsv.relative_to(root / BENCHMARKS / "train").with_suffix("").parts
@@ -38,16 +50,26 @@ def _run_rows(root: Path, tsv: Path, job_seconds: float) -> list[dict]:
     return phases + [{"rule": "train", "phase": "other", "seconds": job_seconds - sum(p["seconds"] for p in phases)}]
 
 
-def _tuning_rows(root: Path, study_dir: Path, job_seconds: float) -> list[dict]:
-    """All jobs of one Optuna study (tune and tune_worker): its trials' phases, the rest is tuning overhead."""
+def _tuning_rows(root: Path, study_dir: Path, windows: list[tuple[float, float]]) -> list[dict]:
+    """All jobs of one Optuna study (tune and tune_worker): the phases of the trials they ran, the rest
+    is tuning overhead. A trial that ran outside every job's window (an earlier invocation's) is not
+    in this job-slot time, so its phases are not either."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     journal = root / study_dir / runs.JOURNAL
     storage = JournalStorage(JournalFileBackend(str(journal)))
+    slack = 1.0  # seconds: the file system's and Optuna's clocks are read at slightly different moments
+
+    def in_a_job(trial: optuna.trial.FrozenTrial) -> bool:
+        start, end = trial.datetime_start.timestamp(), trial.datetime_complete.timestamp()
+        return any(begin - slack <= start and end <= until + slack for begin, until in windows)
+
     trials = [t for study in optuna.get_all_study_summaries(storage)
-              for t in optuna.load_study(study_name=study.study_name, storage=storage).trials if "timing" in t.user_attrs]
+              for t in optuna.load_study(study_name=study.study_name, storage=storage).trials
+              if "timing" in t.user_attrs and in_a_job(t)]
+    job_seconds = sum(until - begin for begin, until in windows)
     rows = [{"rule": "tune", "phase": name, "seconds": sum(t.user_attrs["timing"][f"{name}_s"] for t in trials)}
             for name in BREAKDOWN if name != "startup"]
     rows.append({"rule": "tune", "phase": "tuning overhead", "seconds": job_seconds - sum(row["seconds"] for row in rows)})
@@ -58,7 +80,7 @@ def job_time(root: str | Path) -> pd.DataFrame:
     """Seconds and share of the job-slot time per (rule, phase) for every job benchmarked under ``root``."""
     root = Path(root)
     rows: list[dict] = []
-    tuning: dict[Path, float] = {}
+    tuning: dict[Path, list[tuple[float, float]]] = {}
     for tsv in sorted((root / BENCHMARKS).rglob("*.tsv")):
         rule = tsv.relative_to(root / BENCHMARKS).parts[0].removesuffix(".tsv")
         seconds = _job_seconds(tsv)
@@ -67,11 +89,11 @@ def job_time(root: str | Path) -> pd.DataFrame:
         elif rule == "tune":  # tune/{task}/{label}/s{sparsity}.tsv or .../s{sparsity}/worker{n}.tsv
             parts = tsv.relative_to(root / BENCHMARKS / "tune").with_suffix("").parts
             study = Path(runs.tuning_dir(parts[0], parts[1], parts[2].removeprefix("s")))
-            tuning[study] = tuning.get(study, 0.0) + seconds
+            tuning.setdefault(study, []).append(_job_window(tsv))
         else:
             rows.append({"rule": rule, "phase": "whole job", "seconds": seconds})
-    for study, seconds in tuning.items():
-        rows += _tuning_rows(root, study, seconds)
+    for study, windows in tuning.items():
+        rows += _tuning_rows(root, study, windows)
     if not rows:
         raise FileNotFoundError(f"no Snakemake benchmark files under {root / BENCHMARKS}")
     table = pd.DataFrame(rows).groupby(["rule", "phase"], sort=False, as_index=False)["seconds"].sum()

@@ -63,14 +63,8 @@ def test_a_study_job_time_splits_train_jobs_by_their_phases_and_tuning_jobs_by_t
     _run(tmp_path, "rt/lora/s-/seed1", 20.0, None)  # trained before runs recorded their phases
     _benchmark(tmp_path / "benchmarks/prepare/rt.tsv", 3.0)
     _benchmark(tmp_path / "benchmarks/tables.tsv", 1.0)
-    _benchmark(tmp_path / "benchmarks/tune/rt/adapter/s-.tsv", 40.0)
-    (tmp_path / "tuning/rt/adapter/s-").mkdir(parents=True)
-    storage = JournalStorage(JournalFileBackend(str(tmp_path / "tuning/rt/adapter/s-/journal.log")))
-    study = optuna.create_study(study_name="rt/adapter/s-", storage=storage)
-    for _ in range(2):
-        trial = study.ask()
-        trial.set_user_attr("timing", {**{key: 0.0 for key in PHASES if key != "startup_s"}, "train_steps_s": 12.0, "validation_s": 3.0})
-        study.tell(trial, 0.5)
+    _tuning_study(tmp_path, trials=2)
+    _benchmark(tmp_path / "benchmarks/tune/rt/adapter/s-.tsv", 40.0)  # written as the job that ran them ends
 
     table = job_time(tmp_path).set_index(["rule", "phase"])["seconds"]
     assert table["train", "train_steps"] == 30.0 and table["train", "startup"] == 5.0
@@ -86,6 +80,30 @@ def test_a_study_job_time_splits_train_jobs_by_their_phases_and_tuning_jobs_by_t
     assert shares.sum() == pytest.approx(100, abs=0.2)
     useful = 100 * (30 + 4 + 6 + 24 + 6) / 114
     assert f"training steps and evaluation (validation + test): **{useful:.1f}%**" in markdown.read_text()
+
+
+def _tuning_study(root, trials):
+    """An Optuna journal of rt/adapter with ``trials`` finished trials of 12 s steps and 3 s validation each."""
+    (root / "tuning/rt/adapter/s-").mkdir(parents=True)
+    storage = JournalStorage(JournalFileBackend(str(root / "tuning/rt/adapter/s-/journal.log")))
+    study = optuna.create_study(study_name="rt/adapter/s-", storage=storage)
+    for _ in range(trials):
+        trial = study.ask()
+        trial.set_user_attr("timing", {**{key: 0.0 for key in PHASES if key != "startup_s"}, "train_steps_s": 12.0, "validation_s": 3.0})
+        study.tell(trial, 0.5)
+
+
+def test_trials_an_earlier_invocation_ran_are_not_counted_in_the_tuning_job_that_found_them_done(tmp_path):
+    """A resumed (or committed) journal: the job only read the finished trials and wrote best_params.json."""
+    _tuning_study(tmp_path, trials=2)
+    tsv = tmp_path / "benchmarks/tune/rt/adapter/s-.tsv"
+    _benchmark(tsv, 2.0)
+    an_hour_later = time.time() + 3600
+    os.utime(tsv, (an_hour_later, an_hour_later))  # the job ran for 2 s, an hour after the trials
+    table = job_time(tmp_path).set_index(["rule", "phase"])["seconds"]
+    assert table["tune", "train_steps"] == 0 and table["tune", "validation"] == 0
+    assert table["tune", "tuning overhead"] == pytest.approx(2.0)
+    assert table.sum() == pytest.approx(2.0)  # never more phase time than job time
 
 
 def test_a_results_root_without_benchmarks_says_so(tmp_path):
