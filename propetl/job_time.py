@@ -34,10 +34,10 @@ def _job_seconds(tsv: Path) -> float:
     return float(pd.read_csv(tsv, sep="\t")["s"].iloc[-1])
 
 
-def _job_window(tsv: Path) -> tuple[float, float]:
-    """When a job ran (epoch seconds): its benchmark file is written as it ends."""
+def _job_window(tsv: Path, seconds: float) -> tuple[float, float]:
+    """When a job of ``seconds`` ran (epoch seconds): its benchmark file is written as it ends."""
     end = tsv.stat().st_mtime
-    return end - _job_seconds(tsv), end
+    return end - seconds, end
 
 
 def _run_rows(root: Path, tsv: Path, job_seconds: float) -> list[dict]:
@@ -89,7 +89,7 @@ def job_time(root: str | Path) -> pd.DataFrame:
         elif rule == "tune":  # tune/{task}/{label}/s{sparsity}.tsv or .../s{sparsity}/worker{n}.tsv
             parts = tsv.relative_to(root / BENCHMARKS / "tune").with_suffix("").parts
             study = Path(runs.tuning_dir(parts[0], parts[1], parts[2].removeprefix("s")))
-            tuning.setdefault(study, []).append(_job_window(tsv))
+            tuning.setdefault(study, []).append(_job_window(tsv, seconds))
         else:
             rows.append({"rule": rule, "phase": "whole job", "seconds": seconds})
     for study, windows in tuning.items():
