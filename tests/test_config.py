@@ -27,7 +27,8 @@ ENTRY_KEYS = ("method", "sparsity", "mask_mode", "share")  # a grid entry's own 
         ({"method": "propetl-adapter", "share": "tasks"}, "share='tasks' is not supported; allowed: layers, none"),
         ({"method": "propetl-adapter", "mask_mode": "none", "sparsity": 0.5}, "sparsity=0.5 given with mask_mode='none'"),
         ({"method": "lora", "lora_r": 0}, "lora_r=0 must be a positive integer"),
-        ({"method": "lora", "lora_targets": ["dense"]}, "lora_targets=.*allowed: query, key, value"),
+        ({"method": "lora", "lora_targets": ["query", "query"]}, "lora_targets=.*roles .* or module names, each at most once"),
+        ({"method": "lora", "lora_targets": []}, "lora_targets=.*roles .* or module names"),
     ],
 )
 def test_bad_configs_fail_with_one_clear_message(kwargs, message):

@@ -14,7 +14,7 @@ from propetl.backbones import load_model
 from propetl.cli import main
 from propetl.config import TrainConfig
 from propetl.multitask import set_task
-from propetl.petl_model import apply_multitask_petl, layer_masks, prototypes
+from propetl.petl_model import apply_multitask_petl, layer_masks, prototype_layers, prototypes
 from propetl.task_sampler import TemperatureBatchSampler, task_probabilities
 from propetl.training import fit, parameter_groups, train
 
@@ -73,7 +73,7 @@ def test_or_layout_keeps_what_either_mask_keeps_and_and_what_both_keep():
     for layout, combine in (("task_or_layer", torch.logical_or), ("task_and_layer", torch.logical_and)):
         model = two_task_model(layout, sparsity=0.5)
         set_task(model, "b")
-        layer = model.bert.encoder.layer[1].output
+        layer = prototype_layers(model)["layer.1.ffn"]
         expected = combine(layer_masks(model)["b/ffn.down"].bits(), layer_masks(model)["layer.1.ffn.down"].bits())
         assert torch.equal(layer.masks["down"]().bool(), expected)
 

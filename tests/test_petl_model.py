@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import tiny_batch, tiny_classifier
-from transformers import GPT2Config, GPT2ForSequenceClassification
+from transformers import OPTConfig, OPTForSequenceClassification
 
 from propetl import METHODS, PETLConfig, apply_petl
 from propetl.petl_model import head_modules, layer_masks, prototype_layers, prototypes
@@ -148,7 +148,8 @@ def test_prefix_changes_attention_and_respects_padding(family):
 
 
 def test_unsupported_architecture_fails_before_any_change():
-    gpt2 = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'.*supported: bert, roberta"):
-        apply_petl(gpt2, PETLConfig(method="lora"))
-    assert all(p.requires_grad for p in gpt2.parameters())
+    opt = OPTForSequenceClassification(OPTConfig(num_hidden_layers=1, hidden_size=16, ffn_dim=32, num_attention_heads=2,
+                                                 vocab_size=50, word_embed_proj_dim=16))
+    with pytest.raises(ValueError, match="unsupported architecture 'opt'.*supported model types: bert, roberta, .*gpt2, t5"):
+        apply_petl(opt, PETLConfig(method="lora"))
+    assert all(p.requires_grad for p in opt.parameters())

@@ -1,8 +1,11 @@
 """The three PETL modules, each described by a :class:`ModuleSpec`.
 
-A spec tells :func:`propetl.petl_model.apply_petl` where the module goes in a
-layer (its *sites*, named by role in :mod:`propetl.architectures`), what its prototype holds, which of those
-tensors get masks, and which ``nn.Module`` wraps the original sub-module.
+A spec tells :func:`propetl.petl_model.apply_petl` where the module goes (its *sites*, each a
+list of :class:`~propetl.architectures.Target` modules found by role or name through
+:mod:`propetl.architectures`), what its prototype holds (shapes read off a site's first target),
+which of those tensors get masks, and how one layer's view is attached to the model: wrapping
+the target (a ``base`` module, as PEFT wraps its ``base_layer``), or hooking into it. No module
+re-implements a family's forward.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import PreTrainedModel
 
-from ..architectures import Architecture
+from ..architectures import Target
 from ..config import PETLConfig
 from ..masks import Mask
 from ..prototype import Prototype, PrototypeLayer
@@ -21,16 +24,23 @@ from ..prototype import Prototype, PrototypeLayer
 
 @dataclass(frozen=True)
 class ModuleSpec:
-    sites: Callable[[PETLConfig, Architecture], dict[str, str]]
-    """Site name -> dotted path, relative to one encoder layer, of the sub-module to wrap (from the family's table)."""
-    prototype: Callable[[PETLConfig, PretrainedConfig, int], Prototype]
-    """Builds the prototype for one site with the given number of copies."""
+    sites: Callable[[PETLConfig, PreTrainedModel], dict[str, list[Target]]]
+    """Site name -> the modules it acts on, in network order (one prototype per site; raises for an unsupported model)."""
+    prototype: Callable[[PETLConfig, Target, int], Prototype]
+    """Builds a site's prototype, shaped from its first target, with the given number of copies."""
     masked: tuple[str, ...]
     """Prototype tensors that get a per-layer mask (biases stay shared, unmasked)."""
-    wrap: Callable[[nn.Module, Prototype, int, dict[str, Mask], PETLConfig], PrototypeLayer]
-    """Wraps the original sub-module at a site for layer ``index``."""
+    attach: Callable[[PreTrainedModel, Target, Prototype, int, dict[str, Mask], PETLConfig], PrototypeLayer]
+    """Puts copy ``index`` of the prototype, with its masks, on one target; returns that layer's view."""
     score_fan_in: Callable[[tuple[int, ...]], int]
     """Fan-in of the official code's score tensor for a masked tensor of this shape (sets the init scale)."""
+
+
+def wrap(model: PreTrainedModel, target: Target, make: Callable[[nn.Module], PrototypeLayer]) -> PrototypeLayer:
+    """Replace the module at ``target.path`` (as it is now: another site may have wrapped it already) by ``make(it)``."""
+    layer = make(model.get_submodule(target.path))
+    model.set_submodule(target.path, layer)
+    return layer
 
 
 # Imported last: each module needs ModuleSpec from this package.
