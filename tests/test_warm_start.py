@@ -58,7 +58,7 @@ def server(tmp_path_factory):
 
 
 def propetl(server, *args, cwd, warm=True):
-    return subprocess.Popen([sys.executable, "-c", "from propetl.cli import main; main()", *args], cwd=cwd, env=_env(server[1], warm),
+    return subprocess.Popen([sys.executable, "-c", "from propetl.warm_start import main; main()", *args], cwd=cwd, env=_env(server[1], warm),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
