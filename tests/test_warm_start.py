@@ -149,3 +149,17 @@ def test_without_a_server_the_first_job_runs_cold_and_starts_one_in_the_backgrou
     started.terminate()
     started.wait(timeout=30)
     assert not path.exists()
+
+
+def test_the_launcher_sits_above_the_command_line_and_the_library_never_imports_it():
+    # cli -> training -> ... must not reach back to the launcher (an import circle before)
+    code = "import sys, propetl.cli, propetl.training, propetl.tuning; print('propetl.warm_start' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], env=_env(Path("unused.sock")), capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_the_propetl_command_enters_through_the_launcher():
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"propetl": "propetl.warm_start:main"}
