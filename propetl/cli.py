@@ -1,4 +1,8 @@
-"""``propetl`` command line: flags mirror the config keys (``max_steps`` -> ``--max-steps``)."""
+"""``propetl`` command line: flags mirror the config keys (``max_steps`` -> ``--max-steps``).
+
+The ``propetl`` command enters through :func:`propetl.warm_start.main`, which runs a job command
+in a warm child when it can; this module parses and runs a command wherever it was put.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import warm_start
 from .config import FILE_TASK_OPTIONS, PETLConfig
 
 
@@ -179,11 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in warm_start.COMMANDS and warm_start.enabled():  # off in a job the server forked (_child)
-        code = warm_start.run(argv)  # None: no warm server (yet), run here
-        if code is not None:
-            sys.exit(code)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -88,6 +88,37 @@ PAPER_EPOCHS: dict[str, int] = {
 PAPER_MODULE_DEFAULTS: dict[str, Any] = {"reduction_factor": 12, "lora_r": 32, "lora_alpha": 48.0, "prefix_length": 64}
 
 
+@dataclass(frozen=True)
+class Effective:
+    """A method's settings as a run uses them, every unset one filled in (see :func:`effective_defaults`)."""
+
+    sparsity: float | None
+    lr: float
+    mask_lr: float
+    head_lr: float
+
+
+def effective_defaults(method: str, *, mask_mode: str = "learned", sparsity: float | None = None, lr: float | None = None,
+                       mask_lr: float | None = None, head_lr: float | None = None) -> Effective:
+    """The settings a run of ``method`` trains with when some are left unset: the one place that fills them.
+
+    Training, the study's plan (``snakemake -n -p`` spells the defaults out) and the figures
+    (which sparsity is a method's own) all read them here, so they cannot disagree. A masked
+    ProPETL method takes the paper's sparsity, any other none; lr is the paper's; mask_lr the
+    paper's (methods without masks: lr); head_lr is lr. Given values pass through unchecked
+    (:class:`PETLConfig` and :class:`TrainConfig` validate them).
+    """
+    paper = REGISTRY[method].paper
+    masked = REGISTRY[method].propetl and mask_mode != "none"
+    lr = paper["lr"] if lr is None else lr
+    return Effective(
+        sparsity=(paper["sparsity"] if sparsity is None else sparsity) if masked else None,
+        lr=lr,
+        mask_lr=paper.get("mask_lr", lr) if mask_lr is None else mask_lr,
+        head_lr=lr if head_lr is None else head_lr,
+    )
+
+
 def module_kind(method: str) -> str | None:
     """The PETL module a method inserts (adapter, lora, prefix), or None for full/bitfit."""
     return REGISTRY[method].module
@@ -167,8 +198,7 @@ class PETLConfig:
                 if self.sparsity is not None:  # a run table must not show an s= that nothing applied
                     raise ValueError(f"sparsity={self.sparsity!r} given with mask_mode='none'; without masks there is no sparsity")
             else:
-                if self.sparsity is None:
-                    self.sparsity = PAPER_DEFAULTS[self.method]["sparsity"]
+                self.sparsity = effective_defaults(self.method, sparsity=self.sparsity).sparsity
                 if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
                     raise ValueError(f"sparsity={self.sparsity!r} is outside [0, 1); it is the fraction of mask entries set to zero")
                 self.sparsity = float(self.sparsity)

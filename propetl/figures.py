@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from propetl.artifacts import load_masks, read_artifact_config, task_view
 from propetl.atomic import atomic_write
 from propetl.runs import RunFiles
-from propetl.config import PAPER_DEFAULTS, PROPETL_METHODS, dedicated_method
+from propetl.config import PROPETL_METHODS, dedicated_method, effective_defaults
 from propetl.tables import (HEADLINE, budget_gaps, cell_summary, collect_runs, has_budget_ladder, has_groups, label_rank,
                             storage_by_tasks)
 
@@ -254,7 +254,7 @@ def mask_run(runs: pd.DataFrame, results_root: Path) -> pd.Series | None:
         return None
     label = min(candidates["label"].unique(), key=label_rank)
     chosen = candidates[candidates["label"] == label]
-    default = PAPER_DEFAULTS[chosen["method"].iloc[0]]["sparsity"]
+    default = effective_defaults(chosen["method"].iloc[0]).sparsity
     chosen = chosen.assign(distance=(chosen["sparsity"] - default).abs())
     return chosen.sort_values(["distance", "sparsity", "task", "seed"]).iloc[0]
 

@@ -25,7 +25,6 @@ from . import runs
 from .atomic import write_text
 from .timing import BREAKDOWN
 
-BENCHMARKS = "benchmarks"
 # phases that are what a study is for
 USEFUL = ("train_steps", "validation", "test")
 
@@ -40,10 +39,9 @@ def _job_window(tsv: Path, seconds: float) -> tuple[float, float]:
     return end - seconds, end
 
 
-def _run_rows(root: Path, tsv: Path, job_seconds: float) -> list[dict]:
-    """benchmarks/train/{task}/{label}/s{sparsity}/seed{seed}.tsv -> the run's recorded phases and ``other``."""
-    task, label, sparsity, seed = tsv.relative_to(root / BENCHMARKS / "train").with_suffix("").parts
-    metrics = json.loads((root / runs.run_dir(task, label, sparsity.removeprefix("s"), seed.removeprefix("seed")) / runs.METRICS).read_text())
+def _run_rows(root: Path, run: str, job_seconds: float) -> list[dict]:
+    """A train job of the run named ``run`` -> the run's recorded phases and ``other``."""
+    metrics = json.loads((root / runs.RUNS / run / runs.METRICS).read_text())
     if "timing" not in metrics:  # trained before runs recorded their phases
         return [{"rule": "train", "phase": "unsplit (run without timing)", "seconds": job_seconds}]
     phases = [{"rule": "train", "phase": name, "seconds": metrics["timing"][f"{name}_s"]} for name in BREAKDOWN]
@@ -81,21 +79,20 @@ def job_time(root: str | Path) -> pd.DataFrame:
     root = Path(root)
     rows: list[dict] = []
     tuning: dict[Path, list[tuple[float, float]]] = {}
-    for tsv in sorted((root / BENCHMARKS).rglob("*.tsv")):
-        rule = tsv.relative_to(root / BENCHMARKS).parts[0].removesuffix(".tsv")
+    for tsv in sorted((root / runs.BENCHMARKS).rglob("*.tsv")):
+        rule, name = runs.benchmarked_job(tsv, root)
         seconds = _job_seconds(tsv)
         if rule == "train":
-            rows += _run_rows(root, tsv, seconds)
-        elif rule == "tune":  # tune/{task}/{label}/s{sparsity}.tsv or .../s{sparsity}/worker{n}.tsv
-            parts = tsv.relative_to(root / BENCHMARKS / "tune").with_suffix("").parts
-            study = Path(runs.tuning_dir(parts[0], parts[1], parts[2].removeprefix("s")))
+            rows += _run_rows(root, name, seconds)
+        elif rule == "tune":  # a study's tune job, or one of its workers'
+            study = Path(runs.TUNING) / runs.study_of(name)
             tuning.setdefault(study, []).append(_job_window(tsv, seconds))
         else:
             rows.append({"rule": rule, "phase": "whole job", "seconds": seconds})
     for study, windows in tuning.items():
         rows += _tuning_rows(root, study, windows)
     if not rows:
-        raise FileNotFoundError(f"no Snakemake benchmark files under {root / BENCHMARKS}")
+        raise FileNotFoundError(f"no Snakemake benchmark files under {root / runs.BENCHMARKS}")
     table = pd.DataFrame(rows).groupby(["rule", "phase"], sort=False, as_index=False)["seconds"].sum()
     table["share_pct"] = 100 * table["seconds"] / table["seconds"].sum()
     return table

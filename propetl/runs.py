@@ -2,7 +2,10 @@
 
 A results root holds ``runs/{task}/{label}/s{sparsity}/seed{seed}/`` (``s-`` for methods
 without a sparsity) and ``tuning/{task}/{label}/s{sparsity}/`` (``best_params.json``, ``journal.log``, ``trials/`` while
-trials run, ``workers/`` markers of parallel tuning workers). A run directory holds
+trials run, ``workers/`` markers of parallel tuning workers); the folder below ``tuning/`` is
+also the Optuna study's name. Each job's log and Snakemake benchmark are
+``logs/{rule}/{name}.log`` and ``benchmarks/{rule}/{name}.tsv``, named as its run, study,
+study worker or task (``logs/{rule}.log`` for the tables, figures and job-time jobs). A run directory holds
 ``metrics.json`` (written last and atomically: its presence means the run finished),
 ``history.jsonl`` (one line per validation pass), ``artifact/`` (the saved PETL modules),
 ``provenance.json``, ``train.log``, ``data/`` (the tokenised task, unless shared) and
@@ -14,6 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+RUNS = "runs"
+TUNING = "tuning"
+LOGS = "logs"
+BENCHMARKS = "benchmarks"
 METRICS = "metrics.json"
 HISTORY = "history.jsonl"
 ARTIFACT = "artifact"
@@ -36,6 +43,14 @@ def task_slug(task: str) -> str:
     return path.stem if path.suffix in TASK_FILE_SUFFIXES else task
 
 
+GROUP_SEP = "+"  # a multi-task run's folder: its tasks' slugs joined
+
+
+def tasks_slug(tasks: list[str]) -> str:
+    """The name of a run's tasks in folders and metrics: one task's slug, or several joined (a multi-task run)."""
+    return GROUP_SEP.join(task_slug(task) for task in tasks)
+
+
 def sparsity_name(sparsity: float | str | None) -> str:
     """A sparsity as it appears in folder names and a job's wildcards: ``0.5``, ``-`` for none (strings pass through)."""
     if isinstance(sparsity, str):
@@ -48,14 +63,55 @@ def sparsity_dir(sparsity: float | str | None) -> str:
     return f"s{sparsity_name(sparsity)}"
 
 
+def study_name(task: str, label: str, sparsity: float | str | None) -> str:
+    """An Optuna study's name and its folder below ``tuning/``, e.g. ``rt-polarity/adapter/s-``."""
+    return f"{task}/{label}/{sparsity_dir(sparsity)}"
+
+
+def run_name(task: str, label: str, sparsity: float | str | None, seed: int | str) -> str:
+    """A run's name: its folder below ``runs/``, e.g. ``rt-polarity/adapter/s-/seed1``."""
+    return f"{study_name(task, label, sparsity)}/seed{seed}"
+
+
+def worker_name(study: str, worker: int | str) -> str:
+    """The name of one of a study's parallel tuning workers (its job's log and benchmark)."""
+    return f"{study}/worker{worker}"
+
+
 def run_dir(task: str, label: str, sparsity: float | str | None, seed: int | str) -> str:
     """A run's directory relative to the results root."""
-    return f"runs/{task}/{label}/{sparsity_dir(sparsity)}/seed{seed}"
+    return f"{RUNS}/{run_name(task, label, sparsity, seed)}"
 
 
 def tuning_dir(task: str, label: str, sparsity: float | str | None) -> str:
     """An Optuna study's directory relative to the results root (best_params.json, journal.log)."""
-    return f"tuning/{task}/{label}/{sparsity_dir(sparsity)}"
+    return f"{TUNING}/{study_name(task, label, sparsity)}"
+
+
+def worker_marker(task: str, label: str, sparsity: float | str | None, worker: int | str) -> str:
+    """The file a parallel tuning worker leaves when it has no trial left to run (relative to the results root)."""
+    return f"{tuning_dir(task, label, sparsity)}/{WORKERS}/worker{worker}.done"
+
+
+def job_file(folder: str, rule: str, name: str | None = None) -> str:
+    """A job's log (``folder`` LOGS) or Snakemake benchmark (BENCHMARKS) relative to the results root.
+
+    ``name``: the run's (train), the study's (tune), a worker's (tune_worker), the task (prepare),
+    or None for a study's one job of ``rule`` (tables, figures, job_time).
+    """
+    suffix = ".tsv" if folder == BENCHMARKS else ".log"
+    return f"{folder}/{rule}{suffix}" if name is None else f"{folder}/{rule}/{name}{suffix}"
+
+
+def benchmarked_job(tsv: Path, root: Path) -> tuple[str, str | None]:
+    """The rule and name of the job a benchmark file below ``root`` measured (:func:`job_file` read back)."""
+    rule, *name = tsv.relative_to(root / BENCHMARKS).with_suffix("").parts
+    return rule, "/".join(name) or None
+
+
+def study_of(name: str) -> str:
+    """The study a tune or tune_worker job's name belongs to (a worker's name is the study's, extended)."""
+    return "/".join(name.split("/")[:3])
 
 
 RUN_METRICS_GLOB = f"{run_dir('*', '*', '*', '*')}/{METRICS}"

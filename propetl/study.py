@@ -35,11 +35,10 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from . import runs
-from .config import FILE_TASK_OPTIONS, PROPETL_METHODS, REGISTRY, PETLConfig, TrainConfig, check_search_space
+from .config import FILE_TASK_OPTIONS, PROPETL_METHODS, REGISTRY, PETLConfig, TrainConfig, check_search_space, effective_defaults
 from .data import TASKS
 
 DATA_KEYS = ("max_train", "max_val", "max_test", "max_length")
-GROUP_SEP = "+"  # a multi-task group's folder: its tasks' slugs joined
 PETL_KEYS = tuple(f.name for f in dataclasses.fields(PETLConfig))
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 # Job sizes when a study's `resources` does not set them (runtime in minutes; gpu > 0 asks a
@@ -308,20 +307,20 @@ class Study:
         return list(entry.get("tasks", self.tasks))
 
     def group_slug(self, entry: dict) -> str:
-        return GROUP_SEP.join(self.task_slugs[task] for task in entry["tasks"])
+        return runs.tasks_slug(entry["tasks"])
 
     def member_slugs(self, slug: str) -> list[str]:
         """The task slugs of a run's folder name: one task, or a group's tasks."""
-        return slug.split(GROUP_SEP) if slug not in self.task_names else [slug]
+        return slug.split(runs.GROUP_SEP) if slug not in self.task_names else [slug]
 
     def path(self, relative: str) -> str:
         """A path below the results root (config key ``output``)."""
         return str(Path(self.config["output"]) / relative)
 
-    def default_sparsity(self, entry: dict) -> float | None:
-        if entry["method"] not in PROPETL_METHODS or entry.get("mask_mode") == "none":
-            return None
-        return entry.get("sparsity", REGISTRY[entry["method"]].paper["sparsity"])
+    @staticmethod
+    def default_sparsity(entry: dict) -> float | None:
+        """The entry's own sparsity: given, or its method's default (None without masks)."""
+        return effective_defaults(entry["method"], mask_mode=entry.get("mask_mode", "learned"), sparsity=entry.get("sparsity")).sparsity
 
     def sparsities(self, entry: dict, task: str) -> list[str]:
         """Folder forms of the sweep values on a task that has a sweep, otherwise of the entry's sparsity."""
@@ -354,8 +353,7 @@ class Study:
         """The markers of a study's parallel workers (tuning.workers > 1), inputs of its best_params job."""
         if self.tuning["workers"] == 1:
             return []
-        folder = runs.tuning_dir(slug, label, sparsity)
-        return [self.path(f"{folder}/{runs.WORKERS}/worker{i}.done") for i in range(1, self.tuning["workers"] + 1)]
+        return [self.path(runs.worker_marker(slug, label, sparsity, i)) for i in range(1, self.tuning["workers"] + 1)]
 
     def is_tuned(self, label: str) -> bool:
         return bool(self.tuning["enabled"] and self.entries[label]["tune"])
@@ -392,10 +390,10 @@ class Study:
         (``snakemake -n -p``) shows the whole setting: lr (with learned masks also mask lr and
         mask weight decay), batch size, warm-up, weight decay, and epochs unless max_steps is set."""
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        paper = REGISTRY[entry["method"]].paper
-        shown: dict[str, Any] = {"lr": paper["lr"]}
+        effective = effective_defaults(entry["method"])
+        shown: dict[str, Any] = {"lr": effective.lr}
         if entry["method"] in PROPETL_METHODS and entry.get("mask_mode", "learned") == "learned":
-            shown |= {"mask_lr": paper["mask_lr"], "mask_weight_decay": defaults["mask_weight_decay"]}
+            shown |= {"mask_lr": effective.mask_lr, "mask_weight_decay": defaults["mask_weight_decay"]}
         shown |= {key: defaults[key] for key in ("batch_size", "warmup_ratio", "weight_decay")}
         if values.get("max_steps") is None:
             shown["epochs"] = defaults["epochs"]

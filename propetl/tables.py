@@ -49,9 +49,12 @@ def _flatten(record: dict) -> dict:
 
 
 def _rows(record: dict) -> list[dict]:
-    """A single-task run as one row; a multi-task run as one row per task, named by its ``group``."""
+    """A single-task run as one row; a multi-task run as one row per task, named by its ``group``.
+
+    A task is named as its run folder names it: a task file by its stem (its metrics.json
+    records the path it was given)."""
     if "tasks" not in record:
-        return [_flatten(record)]
+        return [_flatten({**record, "task": layout.task_slug(record["task"])})]
     return [_flatten({**record, "task": task, "group": record["task"], "n_tasks": len(record["tasks"]),
                       "val": scores["val"], "test": scores["test"]})
             for task, scores in record["tasks"].items()]

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 
 _totals: dict[str, float] = {}
+_forked = False  # this process is a job the warm-start server forked (its start-up was a fork, not imports)
 
 # The phases a run passes through; "train_loop" (Trainer.train) contains "validation" and "checkpoint".
 PHASES = ("load", "train_loop", "validation", "checkpoint", "test", "save")
@@ -45,6 +46,13 @@ class Mark:
     totals: dict[str, float]
 
 
+def record_fork() -> None:
+    """Say that this process was forked by the warm-start server (:mod:`propetl.warm_start` calls it in
+    the child): its ``startup_s`` is then the fork's, and the breakdown says so."""
+    global _forked
+    _forked = True
+
+
 def mark() -> Mark:
     return Mark(_process_age(), dict(_totals))
 
@@ -59,11 +67,13 @@ def _process_age() -> float:
         return time.time() - psutil.Process().create_time()
 
 
-def breakdown(since: Mark, *, startup: bool = False) -> dict[str, float]:
+def breakdown(since: Mark, *, startup: bool = False) -> dict[str, float | bool]:
     """Seconds per phase after ``since``, training steps apart from the validation and
-    checkpoints they are interleaved with; ``startup_s`` (the process's age at ``since``:
-    interpreter, imports, argument parsing) when ``startup``."""
+    checkpoints they are interleaved with; when ``startup``, also ``startup_s`` (the process's
+    age at ``since``: interpreter, imports, argument parsing) and ``warm_start`` (whether the
+    process was forked by the warm-start server, which did the imports before)."""
     spent = {name: _totals.get(name, 0.0) - since.totals.get(name, 0.0) for name in PHASES}
     spent["train_steps"] = spent["train_loop"] - spent["validation"] - spent["checkpoint"]
     spent["startup"] = since.age
-    return {f"{name}_s": spent[name] for name in BREAKDOWN if startup or name != "startup"}
+    seconds: dict[str, float | bool] = {f"{name}_s": spent[name] for name in BREAKDOWN if startup or name != "startup"}
+    return seconds | {"warm_start": _forked} if startup else seconds

@@ -36,7 +36,8 @@ from transformers import TrainerCallback
 from . import runs, timing
 from .atomic import write_json
 from .config import PETLConfig, TrainConfig, check_search_space
-from .training import Diverged, fit
+from .trainer import Diverged
+from .training import fit
 
 log = logging.getLogger("propetl.tune")
 PRUNERS = ("median", "hyperband", "none")
@@ -87,7 +88,7 @@ def tune(
     storage = Path(storage)
     storage.parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
-        study_name=f"{train_config.task}/{train_config.label or petl_config.method}/s{petl_config.sparsity}",
+        study_name=runs.study_name(runs.tasks_slug(train_config.tasks), train_config.label or petl_config.method, petl_config.sparsity),
         storage=JournalStorage(JournalFileBackend(str(storage))),
         load_if_exists=True,
         direction="maximize",

@@ -1,4 +1,9 @@
-"""Warm start: a local server that has imported torch and transformers once and forks a child per job.
+"""The ``propetl`` command's launcher, and its warm start: a local server that has imported torch and
+transformers once and forks a child per job.
+
+The launcher sits above the command line (:mod:`propetl.cli`): it decides where a command runs
+(in a warm child, or here) and hands it to :func:`propetl.cli.main`, which knows nothing of
+servers. A forked child tells :mod:`propetl.timing` so (its run records ``warm_start``).
 
 Every ``propetl train`` of a study is its own process (a separate, resumable Snakemake job),
 and each one spends 4-6 s importing torch, transformers and datasets before its first step:
@@ -32,6 +37,8 @@ import threading
 from contextlib import suppress
 from pathlib import Path
 
+from . import cli, timing
+
 ENV = "PROPETL_WARM_START"
 SOCKET_ENV = "PROPETL_WARM_SOCKET"
 COMMANDS = ("train", "tune", "prepare")  # the job commands worth a warm start
@@ -40,7 +47,17 @@ STALE = -1000  # reply instead of an exit code: the server's code differs from t
 _CODE = struct.Struct("!i")
 _IMPORT_TIME_ENV = ("HF_", "HUGGINGFACE", "TRANSFORMERS_", "TORCH", "PYTORCH_", "CUDA", "OMP_", "MKL_", "OPENBLAS_",
                     "TOKENIZERS_", "PYTHON")
-FORKED = False  # True in a child forked by the server (recorded with a run's timing)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``propetl ARGV``: a job command in a child of the warm server when warm start is on and a server
+    is up, everything else here (a job that finds no server starts one for the next and runs cold)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS and enabled():  # off in a job the server forked (_child)
+        code = run(argv)  # None: no warm server (yet), run here
+        if code is not None:
+            sys.exit(code)
+    cli.main(argv)
 
 
 def enabled() -> bool:
@@ -144,8 +161,7 @@ def serve(path: str | Path, idle_exit_s: float = IDLE_EXIT_S) -> None:
     if lock is None:
         return  # another server is starting or running
     code = signature()  # before the imports: torch sets environment variables of its own
-    import propetl.cli  # noqa: F401  the imports every job would repeat
-    import propetl.training  # noqa: F401
+    import propetl.training  # noqa: F401  the imports every job would repeat
     import propetl.tuning  # noqa: F401
 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # stopped: take the socket file along
@@ -219,8 +235,7 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector, code: str
 
 
 def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
-    global FORKED
-    FORKED = True
+    timing.record_fork()
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -239,10 +254,8 @@ def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
     threading.Thread(target=die_with_client, daemon=True).start()
     code = 1
     try:
-        from propetl.cli import main
-
         sys.argv = ["propetl", *request["argv"]]
-        main(request["argv"])
+        cli.main(request["argv"])
         code = 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)

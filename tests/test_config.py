@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import yaml
 
-from propetl.config import METHODS, PAPER_DEFAULTS, PROPETL_METHODS, REGISTRY, PETLConfig, TrainConfig, dedicated_method
+from propetl.config import (METHODS, PAPER_DEFAULTS, PROPETL_METHODS, REGISTRY, Effective, PETLConfig, TrainConfig,
+                            dedicated_method, effective_defaults)
 from propetl.modules import SPECS
 from propetl.tables import label_rank
 from conftest import ROOT
@@ -92,3 +93,12 @@ def test_every_petl_hyperparameter_can_be_set_from_a_study_and_has_help():
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     assert params - {f.name for f in dataclasses.fields(PETLConfig)} <= train_keys
     assert set(SCHEMA["$defs"]["training_props"]["properties"]) <= train_keys
+
+
+def test_effective_defaults_fill_what_a_run_leaves_unset_and_keep_what_it_gives():
+    assert effective_defaults("propetl-lora") == Effective(sparsity=0.9, lr=1e-4, mask_lr=3e-2, head_lr=1e-4)
+    assert effective_defaults("propetl-adapter", mask_mode="none").sparsity is None  # no masks, no sparsity
+    assert effective_defaults("adapter", lr=2e-3) == Effective(sparsity=None, lr=2e-3, mask_lr=2e-3, head_lr=2e-3)
+    given = effective_defaults("propetl-adapter", sparsity=0.7, lr=1e-3, mask_lr=1e-2, head_lr=5e-4)
+    assert given == Effective(sparsity=0.7, lr=1e-3, mask_lr=1e-2, head_lr=5e-4)
+    assert PETLConfig(method="propetl-prefix").sparsity == effective_defaults("propetl-prefix").sparsity

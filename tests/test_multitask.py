@@ -16,7 +16,8 @@ from propetl.config import TrainConfig
 from propetl.multitask import set_task
 from propetl.petl_model import apply_multitask_petl, layer_masks, prototype_layers, prototypes
 from propetl.task_sampler import TemperatureBatchSampler, task_probabilities
-from propetl.training import fit, parameter_groups, train
+from propetl.param_groups import parameter_groups
+from propetl.training import fit, train
 
 LAYOUTS = ["per_layer", "task_or_layer", "task_and_layer"]
 

@@ -283,3 +283,12 @@ def test_the_paper_table_shows_coded_storage_beside_the_one_bit_accounting_when_
     assert table.loc["propetl-lora (s=0.9)", tables.CODED_COL] == pytest.approx(0.41)
     old = tables.paper_table(tables.collect_runs(FIXTURE))  # runs from before the coded size: no such column
     assert tables.CODED_COL not in old
+
+
+def test_a_file_task_is_named_by_its_stem_as_its_run_folder_is(tmp_path):
+    record = {"task": "data/reviews.csv", "label": "adapter", "method": "adapter", "sparsity": None, "seed": 1,
+              "status": "ok", "artifact_bytes": 100, "test": {"combined_score": 0.7}, "storage": {"storage_pct": 1.0}}
+    _write(tmp_path, "runs/reviews/adapter/s-/seed1", record)
+    runs = tables.collect_runs(tmp_path)
+    assert list(runs["task"]) == ["reviews"]
+    assert list(tables.paper_table(runs).columns[:2]) == ["reviews", "Avg"]  # the column header, not the path

@@ -37,6 +37,14 @@ def test_phases_add_up_and_the_training_steps_exclude_what_interrupts_them():
     assert "startup_s" not in timing.breakdown(timing.mark())
 
 
+def test_a_job_forked_by_the_warm_start_server_says_so_with_its_start_up(monkeypatch):
+    monkeypatch.setattr(timing, "_forked", False)
+    assert timing.breakdown(timing.mark(), startup=True)["warm_start"] is False
+    timing.record_fork()  # what the warm-start server's child calls
+    assert timing.breakdown(timing.mark(), startup=True)["warm_start"] is True
+    assert "warm_start" not in timing.breakdown(timing.mark())  # a tuning trial's phases: no start-up of its own
+
+
 def test_an_unknown_phase_is_refused():
     with pytest.raises(ValueError, match="phase='warmup' is not one of load, train_loop"):
         with timing.phase("warmup"):

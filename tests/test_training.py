@@ -17,7 +17,8 @@ from propetl.petl_model import apply_petl
 from propetl.backbones import load_model
 from propetl.config import TrainConfig
 from propetl.data import load_prepared
-from propetl.training import fit, parameter_groups, resolve, train
+from propetl.param_groups import parameter_groups
+from propetl.training import fit, resolve, train
 
 
 def test_a_run_writes_the_documented_outputs(sentiment_csv, tmp_path):

@@ -58,7 +58,7 @@ def server(tmp_path_factory):
 
 
 def propetl(server, *args, cwd, warm=True):
-    return subprocess.Popen([sys.executable, "-c", "from propetl.cli import main; main()", *args], cwd=cwd, env=_env(server[1], warm),
+    return subprocess.Popen([sys.executable, "-c", "from propetl.warm_start import main; main()", *args], cwd=cwd, env=_env(server[1], warm),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -149,3 +149,17 @@ def test_without_a_server_the_first_job_runs_cold_and_starts_one_in_the_backgrou
     started.terminate()
     started.wait(timeout=30)
     assert not path.exists()
+
+
+def test_the_launcher_sits_above_the_command_line_and_the_library_never_imports_it():
+    # cli -> training -> ... must not reach back to the launcher (an import circle before)
+    code = "import sys, propetl.cli, propetl.training, propetl.tuning; print('propetl.warm_start' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], env=_env(Path("unused.sock")), capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_the_propetl_command_enters_through_the_launcher():
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"propetl": "propetl.warm_start:main"}

@@ -334,6 +334,7 @@ def test_ci_study_runs_end_to_end(ci_run):
         "runs/topic/bitfit/s-/seed1",
         "runs/topic/frozen/s0.5/seed1",
     ]
+    assert set(runs["task"]) == {"sentiment", "topic"}  # task files named by their stems, as their folders
     joint = runs[runs["label"] == "joint"]
     assert sorted(joint["task"]) == ["sentiment", "topic"] and set(joint["group"]) == {"sentiment+topic"}
     frozen = json.loads((root / "runs/topic/frozen/s0.5/seed1/artifact/petl_config.json").read_text())

@@ -7,9 +7,9 @@ rule prepare:
     params:
         flags=prepare_flags,
     log:
-        results("logs/prepare/{task}.log"),
+        results(layout.job_file(layout.LOGS, "prepare", "{task}")),
     benchmark:
-        results("benchmarks/prepare/{task}.tsv")
+        results(layout.job_file(layout.BENCHMARKS, "prepare", "{task}"))
     conda:
         "../envs/propetl.yaml"
     threads: resource("prepare", "threads")

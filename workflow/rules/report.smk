@@ -19,9 +19,9 @@ rule tables:
         root=lambda wildcards, output: Path(output.runs).parent.parent,
         out=lambda wildcards, output: Path(output.runs).parent,
     log:
-        results("logs/tables.log"),
+        results(layout.job_file(layout.LOGS, "tables")),
     benchmark:
-        results("benchmarks/tables.tsv")
+        results(layout.job_file(layout.BENCHMARKS, "tables"))
     conda:
         "../envs/propetl.yaml"
     threads: resource("aggregate", "threads")
@@ -46,9 +46,9 @@ rule figures:
     params:
         root=lambda wildcards, output: Path(output[0]).parent,
     log:
-        results("logs/figures.log"),
+        results(layout.job_file(layout.LOGS, "figures")),
     benchmark:
-        results("benchmarks/figures.tsv")
+        results(layout.job_file(layout.BENCHMARKS, "figures"))
     conda:
         "../envs/propetl.yaml"
     threads: resource("aggregate", "threads")
@@ -72,7 +72,7 @@ rule job_time:
         root=lambda wildcards, output: Path(output.csv).parent.parent,
         out=lambda wildcards, output: Path(output.csv).parent,
     log:
-        results("logs/job_time.log"),
+        results(layout.job_file(layout.LOGS, "job_time")),
     conda:
         "../envs/propetl.yaml"
     threads: resource("aggregate", "threads")

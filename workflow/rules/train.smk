@@ -17,9 +17,9 @@ rule train:
         prototype=lambda wildcards, input: f"--prototype {os.path.dirname(input.prototype)}/{layout.ARTIFACT}" if input.prototype else "",
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
     log:
-        results("logs/train/{task}/{label}/s{sparsity}/seed{seed}.log"),
+        results(layout.job_file(layout.LOGS, "train", layout.run_name('{task}', '{label}', '{sparsity}', '{seed}'))),
     benchmark:
-        results("benchmarks/train/{task}/{label}/s{sparsity}/seed{seed}.tsv")
+        results(layout.job_file(layout.BENCHMARKS, "train", layout.run_name('{task}', '{label}', '{sparsity}', '{seed}')))
     conda:
         "../envs/propetl.yaml"
     threads: resource("train", "threads")

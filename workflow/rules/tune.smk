@@ -4,14 +4,14 @@ rule tune_worker:
     input:
         data=rules.prepare.output,
     output:
-        touch(results(f"{layout.tuning_dir('{task}', '{label}', '{sparsity}')}/{layout.WORKERS}/worker{{worker}}.done")),
+        touch(results(layout.worker_marker('{task}', '{label}', '{sparsity}', '{worker}'))),
     params:
         flags=tune_flags,
         journal=results(f"{layout.tuning_dir('{task}', '{label}', '{sparsity}')}/{layout.JOURNAL}"),
     log:
-        results("logs/tune/{task}/{label}/s{sparsity}/worker{worker}.log"),
+        results(layout.job_file(layout.LOGS, "tune", layout.worker_name(layout.study_name('{task}', '{label}', '{sparsity}'), '{worker}'))),
     benchmark:
-        results("benchmarks/tune/{task}/{label}/s{sparsity}/worker{worker}.tsv")
+        results(layout.job_file(layout.BENCHMARKS, "tune", layout.worker_name(layout.study_name('{task}', '{label}', '{sparsity}'), '{worker}')))
     conda:
         "../envs/propetl.yaml"
     threads: resource("tune", "threads")
@@ -40,9 +40,9 @@ rule tune:
         flags=tune_flags,
         journal=results(f"{layout.tuning_dir('{task}', '{label}', '{sparsity}')}/{layout.JOURNAL}"),
     log:
-        results("logs/tune/{task}/{label}/s{sparsity}.log"),
+        results(layout.job_file(layout.LOGS, "tune", layout.study_name('{task}', '{label}', '{sparsity}'))),
     benchmark:
-        results("benchmarks/tune/{task}/{label}/s{sparsity}.tsv")
+        results(layout.job_file(layout.BENCHMARKS, "tune", layout.study_name('{task}', '{label}', '{sparsity}')))
     conda:
         "../envs/propetl.yaml"
     threads: resource("tune", "threads")

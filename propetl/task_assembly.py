@@ -1,0 +1,112 @@
+"""A run's tasks assembled for training: each task's tokenised splits checked against the run,
+and for several tasks one training set of task-tagged rows, validation and test per task, and
+the batch sampler that keeps every batch to one task.
+
+Everything a bad task could fail on is checked before any data or model is loaded
+(:func:`check_tasks`), and tokenised data made for another run is refused (``--prepared``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Value, concatenate_datasets
+
+from .backbones import model_identity
+from .config import PETLConfig, TrainConfig
+from .data import get_task_spec, load_prepared, prepare_task
+from .metrics import compute_metrics
+from .runs import RunFiles, task_slug
+from .task_sampler import TemperatureBatchSampler
+
+
+def check_tasks(cfg: TrainConfig, petl_config: PETLConfig) -> None:
+    """What no data or model load should be spent on: unknown tasks, bad files, a multi-task run of a method without masks."""
+    for what, asked in (("several --task", len(cfg.tasks) > 1), ("--prototype", cfg.prototype)):
+        if asked:
+            petl_config.require_learned_masks(what)
+    slugs = [task_slug(task) for task in cfg.tasks]
+    if len(set(slugs)) < len(slugs):
+        raise ValueError(f"tasks {cfg.tasks} share a name ({', '.join(slugs)}); rename a task file")
+    for task in cfg.tasks:
+        get_task_spec(task, **cfg.file_options)
+
+
+def _check_prepared(path: str | Path, info: dict[str, Any], cfg: TrainConfig, task: str) -> None:
+    """Refuse tokenised data made for another task, tokenizer, split or length than this run's."""
+    expected = {"task": task, "data_seed": cfg.data_seed, "model": model_identity(cfg.model),
+                "task_options": cfg.file_options}
+    expected |= {k: getattr(cfg, k) for k in ("max_length", "max_train", "max_val", "max_test") if getattr(cfg, k) is not None}
+    for key, value in expected.items():
+        if info.get(key) != value:
+            raise ValueError(f"--prepared {path} was made with {key}={info.get(key)!r}, but this run has {key}={value!r}")
+
+
+def metrics_fn(info: dict[str, Any]):
+    """The Trainer's ``compute_metrics`` of a task: its metrics on the logits (squeezed for regression)."""
+    def metrics(prediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        return compute_metrics(info["metrics"], np.squeeze(logits, -1) if info["num_labels"] == 1 else logits, prediction.label_ids)
+
+    return metrics
+
+
+def load_tasks(cfg: TrainConfig, files: RunFiles) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Each task's tokenised splits and info, by slug (its own data dir under the run for several tasks)."""
+    loaded = {}
+    for task, prepared in zip(cfg.tasks, cfg.prepared_dirs):
+        slug = task_slug(task)
+        path = prepared or prepare_task(
+            task, cfg.model, files.data / slug if len(cfg.tasks) > 1 else files.data, data_seed=cfg.data_seed,
+            max_length=cfg.max_length, max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test, **cfg.file_options,
+        )
+        data, info = load_prepared(path)
+        _check_prepared(path, info, cfg, task)
+        for split in ("validation", "test"):  # order is irrelevant to metrics; sorted batches pad least
+            data[split] = data[split].sort("length")
+        loaded[slug] = (data, info)
+    return loaded
+
+
+@dataclass
+class Splits:
+    """What the Trainer trains and evaluates on: for one task its splits, for several each task's
+    validation and test by slug, one training set and its task-pure batch sampler."""
+
+    train: Any
+    validation: Any
+    test: Any
+    info: dict[str, Any]
+    """The prepared data's info; for several tasks a dict task -> info."""
+    task_metrics: dict[str, Any] | None = None
+    sampler: TemperatureBatchSampler | None = None
+
+
+def single_task(loaded: dict[str, tuple[Any, dict[str, Any]]]) -> Splits:
+    (data, info), = loaded.values()
+    return Splits(data["train"], data["validation"], data["test"], info)
+
+
+def multi_task(loaded: dict[str, tuple[Any, dict[str, Any]]], cfg: TrainConfig) -> Splits:
+    """Every task's rows tagged with its index and concatenated for training, drawn task by task by temperature."""
+    tagged = {slug: _tag(data, i) for i, (slug, (data, _)) in enumerate(loaded.items())}
+    return Splits(
+        train=concatenate_datasets([data["train"] for data in tagged.values()]),
+        validation={slug: data["validation"] for slug, data in tagged.items()},
+        test={slug: data["test"] for slug, data in tagged.items()},
+        info={slug: info for slug, (_, info) in loaded.items()},
+        task_metrics={slug: metrics_fn(info) for slug, (_, info) in loaded.items()},
+        sampler=TemperatureBatchSampler([len(data["train"]) for data in tagged.values()], cfg.batch_size,
+                                        cfg.task_temperature, cfg.seed),
+    )
+
+
+def _tag(data: Any, task_id: int) -> Any:
+    """A task's splits with its index on every row, labels as plain numbers (so tasks concatenate)."""
+    labels = data["train"].features["labels"]
+    if hasattr(labels, "names"):  # a ClassLabel: its names differ between tasks
+        data = data.cast_column("labels", Value("int64"))
+    return data.map(lambda _: {"task_id": task_id})

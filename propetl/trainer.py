@@ -1,0 +1,162 @@
+"""The transformers Trainer as a run uses it: per-group learning rates, divergence checks, checkpoints
+of the trained tensors only, and for several tasks task-pure batches and a validation pass per task.
+
+A run's loop is the Trainer's own (resume, schedule, best checkpoint); this module holds only what
+propetl changes in it, so that :mod:`propetl.training` reads as the run's steps.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.utils import SAFE_WEIGHTS_NAME
+
+from . import timing
+from .config import TrainConfig
+from .multitask import set_task
+from .param_groups import parameter_groups
+from .task_sampler import TemperatureBatchSampler
+
+# A training loss this many times the first step's (e.g. 70 for a fresh binary classifier's 0.69) is a
+# run that blew up, however finite: at lr 1e4 the loss reaches 1e5 and would otherwise be recorded as a run.
+DIVERGENCE_FACTOR = 100.0
+# The Trainer's speed figures in a metrics record: they vary run to run, so no record keeps them.
+SPEED_KEYS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
+
+
+class Diverged(RuntimeError):
+    """A non-finite loss or gradient, or an exploded loss: the run stops at that step and is recorded as diverged."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"diverged at step {step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+def strip(metrics: dict[str, float], prefix: str, drop: tuple[str, ...] = (*SPEED_KEYS, "loss", "epoch")) -> dict[str, float]:
+    """Metric names without the Trainer's prefix; timings vary run to run, so they are left out."""
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.removeprefix(prefix) not in drop}
+
+
+class PETLTrainer(Trainer):
+    """The Trainer with per-group learning rates, divergence checks and, for several tasks,
+    task-pure batches, a task switch per batch and a validation pass per task."""
+
+    def __init__(self, *args, run_config: TrainConfig, task_metrics: dict[str, Any] | None = None,
+                 batch_sampler: TemperatureBatchSampler | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_config = run_config
+        self.task_metrics, self.batch_sampler = task_metrics, batch_sampler
+        self.task_names = list(task_metrics or ())
+        self.first_loss: float | None = None  # of this session: a resumed run compares with its first step
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        # Trainer autocasts training steps only; evaluation in fp32 costs ~2x on CPU
+        with (timing.phase("test" if metric_key_prefix == "test" else "validation"),
+              torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=self.run_config.bf16)):
+            datasets = self.eval_dataset if eval_dataset is None else eval_dataset
+            if not isinstance(datasets, dict):
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            return self._evaluate_tasks(datasets, ignore_keys, metric_key_prefix)
+
+    def _evaluate_tasks(self, datasets: dict[str, Any], ignore_keys, prefix: str) -> dict[str, float]:
+        """``{prefix}_{task}/{metric}`` per task and ``{prefix}_combined_score``, the tasks' mean (selects the checkpoint)."""
+        metrics: dict[str, float] = {}
+        for task, dataset in datasets.items():
+            set_task(self.model, task)
+            self.compute_metrics = self.task_metrics[task]
+            output = self.evaluation_loop(self.get_eval_dataloader(dataset), description=f"Evaluation {task}",
+                                          ignore_keys=ignore_keys, metric_key_prefix=prefix)
+            metrics |= {f"{prefix}_{task}/{key.removeprefix(prefix + '_')}": value for key, value in output.metrics.items()
+                        if key.removeprefix(prefix + "_") not in ("loss", *SPEED_KEYS)}
+        metrics[f"{prefix}_combined_score"] = float(np.mean([metrics[f"{prefix}_{task}/combined_score"] for task in datasets]))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        task_ids = inputs.pop("task_id", None)
+        if task_ids is not None:
+            if not bool((task_ids == task_ids[0]).all()):
+                raise RuntimeError("a batch mixes tasks; each batch must come from one task")
+            set_task(model, self.task_names[int(task_ids[0])])
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def get_train_dataloader(self):
+        if self.batch_sampler is None:
+            return super().get_train_dataloader()
+        loader = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator, num_workers=0)
+        return self.accelerator.prepare(loader)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        step = self.state.global_step + 1
+        value = loss.item()
+        if self.first_loss is None:
+            self.first_loss = value
+        if not math.isfinite(value) or value > DIVERGENCE_FACTOR * max(self.first_loss, 1e-2):
+            raise Diverged(step, f"loss {value:.4g} (first step: {self.first_loss:.4g})")
+        # under fp16 the loss scaler expects overflowing gradients now and then (it skips that step)
+        norms = [] if self.args.fp16 else [p.grad.norm() for p in model.parameters() if p.grad is not None]
+        if norms and not torch.isfinite(torch.stack(norms).sum()):
+            raise Diverged(step, "non-finite gradient")
+        return loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """A checkpoint's weights are what training changes: trainable tensors and buffers. The frozen
+        backbone is rebuilt from the pretrained weights on resume (a MiniLM PETL checkpoint: under
+        1 MB instead of 90 MB). transformers loads checkpoints non-strictly; see _issue_warnings_after_load."""
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({name: tensor.contiguous() for name, tensor in _trained_state(self.model).items()},
+                  str(out / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+        torch.save(self.args, out / TRAINING_ARGS_NAME)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        missing = sorted(set(load_result.missing_keys) & set(_trained_state(self.model)))
+        if missing or load_result.unexpected_keys:
+            raise RuntimeError(f"checkpoint does not fit the model: missing trained tensors {missing[:3]}, "
+                               f"unexpected {load_result.unexpected_keys[:3]}")
+
+    # Checkpoint writes and reads are timed apart from the training steps they interrupt.
+    def _save_checkpoint(self, model, trial):
+        with timing.phase("checkpoint"):
+            super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        with timing.phase("checkpoint"):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        with timing.phase("checkpoint"):
+            super()._load_best_model()
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            self.optimizer = torch.optim.AdamW(
+                parameter_groups(self.model, self.run_config, self.get_decay_parameter_names(self.model))
+            )
+        return self.optimizer
+
+
+def _trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state a checkpoint must hold: everything but the frozen parameters."""
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {name: tensor for name, tensor in model.state_dict().items() if name not in frozen}
+
+
+def collator(tokenizer):
+    """Pads a batch of tokenised rows (their ``length`` column is for sorting only)."""
+    pad = DataCollatorWithPadding(tokenizer)
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return pad([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+    return collate
