@@ -30,7 +30,8 @@ Sizes (``data_seed`` 0, no caps; see ``split_sizes``):
   ``{glue_dir}/{name}/{split}.jsonl`` in the hub's columns when ``glue_dir`` or
   ``PROPETL_GLUE_DIR`` is set.
 * a ``.csv``, ``.jsonl`` or ``.parquet`` file: its ``split`` column if it has one, otherwise
-  test 10%, validation 10%, train the rest after dropping duplicate texts.
+  test 10%, validation 10%, train the rest after dropping duplicate texts. A file too small to
+  split, or whose class would miss train, is refused (rules: :mod:`propetl.task_files`).
 
 Default ``max_length``: 64 tokens for rt-polarity and snli (above their 99.9th percentiles with
 the MiniLM tokenizer), 128 for GLUE (as in the ProPETL code) and for files.
@@ -41,8 +42,10 @@ the MiniLM tokenizer), 128 for GLUE (as in the ProPETL code) and for files.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +59,8 @@ import pandas as pd
 
 from propetl import resources
 from propetl.atomic import atomic_dir
-from propetl.task_files import FILE_SUFFIXES, SPLITS, TaskTable, read_rows, read_task_file
+from propetl.task_files import (FILE_SUFFIXES, MIN_SPLIT_ROWS, SPLITS, TaskFileError, TaskTable, read_rows,
+                                 read_task_file)
 
 if TYPE_CHECKING:
     from datasets import DatasetDict, Features
@@ -74,6 +78,7 @@ FILE_TEST_FRACTION, FILE_VALIDATION_FRACTION = 0.1, 0.1
 PREPARED_FORMAT = 1
 
 _NLI_LABELS = ("entailment", "neutral", "contradiction")
+log = logging.getLogger("propetl.data")
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class TaskSpec:
     label_names: tuple[str, ...]
     max_length: int
     loader: Callable[..., DatasetDict] = field(repr=False, compare=False)
+    rows: Mapping[str, int] | None = field(default=None, compare=False)
+    """A file task's rows: in the file, dropped as duplicates, per split before caps (None: a registered task)."""
 
     @property
     def is_pair(self) -> bool:
@@ -145,10 +152,8 @@ def _random_split(frame: pd.DataFrame, n_test: int, n_validation: int, data_seed
             "train": shuffled[n_test + n_validation:]}
 
 
-def _to_dataset_dict(spec: TaskSpec, frames: Mapping[str, pd.DataFrame]) -> DatasetDict:
-    """Build the splits, dropping from train/validation whatever a later split also holds."""
-    from datasets import Dataset, DatasetDict
-
+def _leak_free(frames: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The splits less the train/validation rows whose text (or pair) a later split also holds."""
     later: set[str] = set()
     kept = {}
     for split in reversed(SPLITS):
@@ -156,6 +161,14 @@ def _to_dataset_dict(spec: TaskSpec, frames: Mapping[str, pd.DataFrame]) -> Data
         keys = _keys(frame)
         kept[split] = frame[~keys.isin(later)]
         later |= set(keys)
+    return kept
+
+
+def _to_dataset_dict(spec: TaskSpec, frames: Mapping[str, pd.DataFrame]) -> DatasetDict:
+    """Build the splits, dropping from train/validation whatever a later split also holds."""
+    from datasets import Dataset, DatasetDict
+
+    kept = _leak_free(frames)
     features = spec.features()
     return DatasetDict({split: Dataset.from_pandas(kept[split][list(features)], features=features,
                                                    preserve_index=False) for split in SPLITS})
@@ -277,16 +290,54 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _BUILTIN}
 
 # ---------------------------------------------------------------- local file tasks
 
-def _load_file(spec: TaskSpec, data_seed: int, *, table: TaskTable, label_column: str) -> DatasetDict:
+def _file_rows(spec: TaskSpec, table: TaskTable, label_column: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rows a file task is split from (with their ``split`` where the file gives one) and their counts.
+
+    Duplicates go as for the built-in tasks: without a split column one row per text (``_dedupe``),
+    with one no text in two splits (``_leak_free``). Neither depends on ``data_seed``, nor do the
+    split sizes, so a file too small to split is refused with its spec, before anything is loaded.
+    """
     raw = table.frame
     if not spec.is_regression:
         raw = raw.assign(label=raw[label_column].map(lambda v: spec.label_names.index(str(v))))
         label_column = "label"
-    if "split" not in raw:
-        frame = _dedupe(_select(raw, spec, label_column))
-        n_test, n_validation = (round(f * len(frame)) for f in (FILE_TEST_FRACTION, FILE_VALIDATION_FRACTION))
-        return _to_dataset_dict(spec, _random_split(frame, n_test, n_validation, data_seed))
-    return _to_dataset_dict(spec, {s: _select(raw[raw["split"] == s], spec, label_column) for s in SPLITS})
+    if "split" in raw:
+        frames = _leak_free({s: _select(raw[raw["split"] == s], spec, label_column) for s in SPLITS})
+        rows = pd.concat([frames[split].assign(split=split) for split in SPLITS])
+        sizes, basis = {split: len(frames[split]) for split in SPLITS}, "its split column"
+    else:
+        rows = _dedupe(_select(raw, spec, label_column))
+        n_test, n_validation = (round(f * len(rows)) for f in (FILE_TEST_FRACTION, FILE_VALIDATION_FRACTION))
+        sizes = {"train": len(rows) - n_test - n_validation, "validation": n_validation, "test": n_test}
+        basis = f"10% each of {len(rows)} distinct texts for validation and test"
+    counts = {"file": len(raw), "duplicates_dropped": len(raw) - len(rows), **sizes}
+    if min(sizes.values()) < MIN_SPLIT_ROWS:
+        dropped = f", after dropping {counts['duplicates_dropped']} duplicate rows" if counts["duplicates_dropped"] else ""
+        raise TaskFileError(f"{Path(spec.name).name}: {len(raw)} rows give train {sizes['train']}, validation "
+                            f"{sizes['validation']}, test {sizes['test']} ({basis}{dropped}); every split needs at "
+                            f"least {MIN_SPLIT_ROWS} rows")
+    return rows, counts
+
+
+def _load_file(spec: TaskSpec, data_seed: int, *, rows: pd.DataFrame) -> DatasetDict:
+    """The file's splits for ``data_seed``; a class they leave out of train is refused here, since
+    where the seeded split puts a rare class depends on the seed (still before any tokenisation)."""
+    name = Path(spec.name).name
+    if "split" in rows:
+        frames = {split: rows[rows["split"] == split] for split in SPLITS}
+    else:
+        frames = _random_split(rows, spec.rows["test"], spec.rows["validation"], data_seed)
+    missing = [] if spec.is_regression else sorted(set(range(spec.num_labels)) - set(frames["train"]["label"]))
+    if missing:
+        held = ", ".join(f"{n} in {split}" for split in SPLITS[1:]
+                         if (n := int((frames[split]["label"] == missing[0]).sum())))
+        seed = "" if "split" in rows else f" with data_seed {data_seed}"
+        raise TaskFileError(f"{name}: label {spec.label_names[missing[0]]!r} has no row in train "
+                            f"({held or 'none left after dropping duplicates'}{seed}); every class needs one there")
+    if spec.rows["duplicates_dropped"]:
+        log.warning("%s: %d of %d rows dropped as duplicates of other rows' texts", name, spec.rows["duplicates_dropped"],
+                    spec.rows["file"])
+    return _to_dataset_dict(spec, frames)
 
 
 def file_task_spec(path: str | os.PathLike, text_columns: Sequence[str] = ("text",), label_column: str = "label",
@@ -301,11 +352,12 @@ def file_task_spec(path: str | os.PathLike, text_columns: Sequence[str] = ("text
         raise ValueError(f"text_columns must name one or two columns, got {list(text_columns)}")
     table = read_task_file(path, text_columns, label_column, task_type, encoding)
     regression = table.task_type == "regression"
-    return TaskSpec(
+    spec = TaskSpec(
         name=str(path), text_fields=tuple(text_columns), num_labels=1 if regression else len(table.label_names),
         metrics=tuple(metrics or (("pearson", "spearmanr") if regression else ("accuracy",))),
-        label_names=table.label_names, max_length=max_length,
-        loader=functools.partial(_load_file, table=table, label_column=label_column))
+        label_names=table.label_names, max_length=max_length, loader=_load_file)
+    rows, counts = _file_rows(spec, table, label_column)
+    return dataclasses.replace(spec, rows=counts, loader=functools.partial(_load_file, rows=rows))
 
 
 # ---------------------------------------------------------------- public entry points
@@ -389,7 +441,7 @@ def prepare_task(task: str, model: str, out_dir: str | os.PathLike, *, data_seed
     dsdict = load_task(task, data_seed, max_train, max_val, max_test, **options)
     tokenized = tokenize_task(dsdict, load_tokenizer(model, revision), request["max_length"])
     info = {**request, "num_labels": spec.num_labels, "label_names": list(spec.label_names),
-            "metrics": list(spec.metrics), "split_sizes": split_sizes(tokenized)}
+            "metrics": list(spec.metrics), "split_sizes": split_sizes(tokenized), "rows": spec.rows}
     with atomic_dir(out_dir) as staging:
         tokenized.save_to_disk(str(staging))
         (staging / "prepared.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -3,8 +3,20 @@
 Every problem ends the command with one line naming the file and, where it helps, the
 line (CSV, JSONL) or row (parquet) and the column, e.g. ``data.csv line 7: 3 fields, header
 has 2``. Bad rows are refused, never dropped: numbers from the part of a file that happened
-to parse would describe a task nobody asked for. Rows whose text repeats are still merged
-by the splitter (``propetl.data``), as for the built-in tasks.
+to parse would describe a task nobody asked for. The rules, checked by a property-based
+fuzzer (``tests/test_task_files_fuzz.py``):
+
+* Text is a non-blank string; a label is non-blank. A label that reads as a finite number is
+  that number (``1``, ``1.0``, ``1e0`` and ``" 1 "`` are one class); anything else is text, as written.
+* Labels that differ only by surrounding whitespace or by case (``pos``, ``pos ``, ``Pos``) are
+  refused, naming both lines: which spelling is meant is the author's call, not a guess.
+* Duplicates (:mod:`propetl.data`): without a split column a text (or pair) is kept once, and
+  not at all when it carries two labels; with one, a text stays only in the last split that
+  holds it. ``provenance.json`` records how many rows that dropped (``rows.duplicates_dropped``)
+  beside the file's rows and each split's; the log says it too.
+* Every split (train, validation, test) keeps at least ``MIN_SPLIT_ROWS`` rows after that:
+  a file without a split column needs 15 distinct texts (10% each for validation and test).
+* Every class keeps at least one row in train (for the seeded split: with that ``data_seed``).
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +36,7 @@ from .config import TASK_TYPES, check_allowed
 from .runs import TASK_FILE_SUFFIXES as FILE_SUFFIXES
 
 SPLITS = ("train", "validation", "test")
+MIN_SPLIT_ROWS = 2  # a correlation needs two points; one row scores nothing worth selecting a checkpoint on
 LINE = "_line"  # where each row came from, for messages
 
 
@@ -64,11 +78,14 @@ def read_rows(path: str | Path, text_columns: Sequence[str], label_column: str, 
                             f"(text_columns={list(text_columns)}, label_column={label_column!r})")
     where = lambda row: f"{name} {unit} {row[LINE]}"  # noqa: E731
     for column in text_columns if require_text else ():
-        empty = frame[frame[column].map(lambda v: not isinstance(v, str) or not v.strip())]
-        if not empty.empty:
-            raise TaskFileError(f"{where(empty.iloc[0])}: empty or missing text in column {column!r}"
-                                + (f" ({len(empty) - 1} more rows like it)" if len(empty) > 1 else ""))
-    unlabelled = frame[frame[label_column].map(lambda v: v is None or (isinstance(v, float) and pd.isna(v)) or v == "")]
+        bad = frame[frame[column].map(lambda v: not isinstance(v, str) or _is_blank(v))]
+        if not bad.empty:
+            value = bad[column].iloc[0]
+            problem = (f"empty or missing text in column {column!r}" if _is_blank(value)
+                       else f"{value!r} in column {column!r} is a {type(value).__name__}, not text")
+            raise TaskFileError(f"{where(bad.iloc[0])}: {problem}"
+                                + (f" ({len(bad) - 1} more rows like it)" if len(bad) > 1 else ""))
+    unlabelled = frame[frame[label_column].map(_is_blank)]
     if not unlabelled.empty:
         raise TaskFileError(f"{where(unlabelled.iloc[0])}: no label in column {label_column!r}")
     return frame, unit
@@ -92,6 +109,8 @@ def read_task_file(path: str | Path, text_columns: Sequence[str] = ("text",), la
     if task_type == "regression" and kinds.iloc[0] == "text":
         raise TaskFileError(f"{where(frame.iloc[0])}: label {frame[label_column].iloc[0]!r} is not a number (task_type regression)")
     frame = frame.assign(**{label_column: labels})
+    if kinds.iloc[0] == "text":
+        _check_spellings(name, unit, frame, label_column)
     if "split" in frame.columns:
         _check_splits(name, unit, frame, label_column, task_type)
     label_names = () if task_type == "regression" else tuple(str(v) for v in sorted(labels.unique()))
@@ -101,15 +120,36 @@ def read_task_file(path: str | Path, text_columns: Sequence[str] = ("text",), la
     return TaskTable(frame=frame, task_type=task_type, label_names=label_names)
 
 
+def _is_blank(value) -> bool:
+    """Missing (None, NaN) or a string of whitespace only."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (pd.api.types.is_scalar(value) and pd.isna(value))
+
+
 def _as_label(value):
-    """A label as a number when it reads as one (CSV cells are text), else as text."""
-    if isinstance(value, numbers.Number) and not isinstance(value, bool):
-        return value
+    """A label as a finite number when it reads as one (CSV cells are text; ``2.0`` is ``2``), else as text."""
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        return str(value)
+    if not math.isfinite(number):  # "nan", "inf" or JSON's Infinity: a word, or a score nothing can learn
         return str(value)
     return int(number) if number.is_integer() else number
+
+
+def _check_spellings(name: str, unit: str, frame: pd.DataFrame, label_column: str) -> None:
+    """Refuse one class spelt two ways (``pos`` / ``pos `` / ``Pos``): spreadsheets leave such twins, and
+    training them as separate classes would be silently wrong, merging them a guess."""
+    seen: dict[str, tuple[str, int]] = {}
+    for label, line in frame.drop_duplicates(label_column)[[label_column, LINE]].itertuples(index=False):
+        key = label.strip().casefold()
+        if key in seen:
+            other, other_line = seen[key]
+            how = "by surrounding whitespace" if label.strip() == other.strip() else "in case"
+            raise TaskFileError(f"{name} {unit} {line}: label {label!r} differs from {other!r} ({unit} {other_line}) "
+                                f"only {how}; spell each class one way")
+        seen[key] = (label, line)
 
 
 def _infer_task_type(name: str, column: str, labels: pd.Series) -> str:
@@ -183,7 +223,8 @@ def _read_csv(path: Path, encoding: str) -> tuple[pd.DataFrame, str]:
 
 def _read_jsonl(path: Path, encoding: str) -> tuple[pd.DataFrame, str]:
     records, lines = [], []
-    for number, line in enumerate(_decode(path, encoding).splitlines(), start=1):
+    # "\n" only: str.splitlines also breaks at U+2028 and other separators JSON strings may hold
+    for number, line in enumerate(_decode(path, encoding).split("\n"), start=1):
         if not line.strip():
             continue
         try:

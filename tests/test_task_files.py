@@ -1,5 +1,6 @@
 """Local task files: every malformed file is refused before tokenisation, in one line naming file, line and column."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -8,10 +9,12 @@ import pandas as pd
 import pytest
 
 from propetl.cli import main
-from propetl.data import get_task_spec, load_task
+from propetl.data import get_task_spec, load_task, split_sizes
 from propetl.task_files import read_task_file
 
 GOOD = "text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+FIVE_ROWS = "text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(5))
+TWO_TEXTS_60_ROWS = "text,label\n" + "".join(f"review {i % 2},{'pos' if i % 2 else 'neg'}\n" for i in range(60))
 
 
 def _write(tmp_path, name: str, content: str | bytes):
@@ -45,6 +48,24 @@ CASES = {
                               r"^data\.csv line 5: label 'meh' in the test split never occurs in train$"),
     "corrupt parquet": ("data.parquet", b"PAR1 this is not parquet PAR1", {}, r"^data\.parquet: not a readable parquet file"),
     "unknown task type": ("data.csv", GOOD, {"task_type": "ranking"}, r"task_type='ranking' is not supported; allowed: classification, regression"),
+    # issue #21: these trained into an IndexError from inside datasets, or as three classes
+    "too few rows for the splits": ("data.csv", FIVE_ROWS, {}, r"^data\.csv: 5 rows give train 5, validation 0, test 0 "
+                                    r"\(10% each of 5 distinct texts for validation and test\); every split needs at least 2 rows$"),
+    "duplicates collapse the splits": ("data.csv", TWO_TEXTS_60_ROWS, {}, r"^data\.csv: 60 rows give train 2, validation 0, "
+                                       r"test 0 \(10% each of 2 distinct texts for validation and test, after dropping 58 "
+                                       r"duplicate rows\); every split needs at least 2 rows$"),
+    "label with a trailing space": ("data.csv", GOOD + "review x,pos \n", {},
+                                    r"^data\.csv line 22: label 'pos ' differs from 'pos' \(line 3\) only by surrounding whitespace; spell each class one way$"),
+    # found by the fuzzer (test_task_files_fuzz.py)
+    "label in another case": ("data.csv", GOOD + "review x,Neg\n", {}, r"^data\.csv line 22: label 'Neg' differs from 'neg' \(line 2\) only in case"),
+    "blank label": ("data.csv", GOOD + "review x,\t\n", {}, r"^data\.csv line 22: no label in column 'label'$"),
+    "number as text": ("data.jsonl", '{"text": "a", "label": "pos"}\n{"text": 5, "label": "neg"}\n', {},
+                       r"^data\.jsonl line 2: 5 in column 'text' is a int, not text$"),
+    "a split of one row": ("data.csv", "text,label,split\n" + "".join(f"t{i},{i % 2},{s}\n" for i, s in enumerate(["train"] * 4 + ["validation"] * 2 + ["test"])),
+                           {}, r"^data\.csv: 7 rows give train 4, validation 2, test 1 \(its split column\); every split needs at least 2 rows$"),
+    "a split emptied by texts a later split holds": (
+        "data.csv", "text,label,split\n" + "".join(f"t{i},{i % 2},{s}\n" for i, s in enumerate(["train"] * 4 + ["validation"] * 2 + ["test"] * 2))
+        + "t4,0,test\nt5,1,test\n", {}, r"^data\.csv: 10 rows give train 4, validation 0, test 4 \(its split column, after dropping 2 duplicate rows\)"),
 }
 
 
@@ -114,3 +135,32 @@ def test_an_unknown_encoding_is_named_for_every_text_format(tmp_path):
     for name in ("data.csv", "data.jsonl"):
         with pytest.raises(ValueError, match=r"^encoding='klingon' is not an encoding Python knows$"):
             read_task_file(_write(tmp_path, name, GOOD), encoding="klingon")
+
+
+def test_a_class_the_seeded_split_keeps_out_of_train_is_refused_naming_the_seed(tmp_path):
+    path = _write(tmp_path, "data.csv", GOOD + "review 20,meh\n")
+    assert split_sizes(load_task(str(path), data_seed=0))["train"] == 17  # 'meh' in train: fine
+    with pytest.raises(ValueError, match=r"^data\.csv: label 'meh' has no row in train \(1 in validation with data_seed 1\); "
+                                         r"every class needs one there$"):
+        load_task(str(path), data_seed=1)
+
+
+def test_a_jsonl_text_may_hold_any_line_separator_json_allows(tmp_path):
+    """U+2028 and U+0085 are line breaks to str.splitlines, not to JSON (json.dumps(ensure_ascii=False) leaves them raw)."""
+    lines = "".join(f'{{"text": "review\u2028{i}\x85", "label": "{"pos" if i % 2 else "neg"}"}}\n' for i in range(20))
+    table = read_task_file(_write(tmp_path, "data.jsonl", lines))
+    assert len(table.frame) == 20 and table.frame["text"].iloc[3] == "review\u20283\x85"
+
+
+def test_a_class_spelt_as_several_numbers_is_one_class(tmp_path):
+    spellings = [0, 1, 1.0, "0 ", " 1.0"]
+    lines = "".join(json.dumps({"text": f"review {i}", "label": spellings[i % 5]}) + "\n" for i in range(20))
+    path = _write(tmp_path, "data.jsonl", lines)
+    assert read_task_file(path).label_names == ("0", "1")
+    assert sum(split_sizes(load_task(str(path))).values()) == 20
+
+
+def test_the_row_counts_say_how_many_duplicates_were_dropped(tmp_path):
+    rows = GOOD + "review 0,neg\nreview 1,pos\nreview 2,pos\n"  # two repeats, and 'review 2' now has two labels
+    spec = get_task_spec(str(_write(tmp_path, "data.csv", rows)))
+    assert spec.rows == {"file": 23, "duplicates_dropped": 4, "train": 15, "validation": 2, "test": 2}
