@@ -7,8 +7,13 @@ machine do. Besides the methods, two reference rows:
 * ``floor``: the frozen backbone carrying activation gradients back to the embeddings, the
   least work a training step of any method with a module in every layer can do (its forward
   and its backward through every layer), so a method's ratio to it is what the method adds;
-* ``peft-lora``: PEFT's LoRA with our LoRA's settings (r 32, alpha 48, query and value), the
-  independent implementation of the same computation.
+* ``prefix-floor``: the same frozen backbone attending over as many extra key/value positions as
+  the prefix methods add (their prefixes, frozen): what attending over longer keys costs by itself,
+  so a prefix method's ``ratio_to_prefix_floor`` is what its module adds;
+* ``peft-lora``: PEFT's LoRA with our LoRA's settings (r 32, alpha 48, the family's default targets),
+  the independent implementation of the same computation.
+
+Methods a backbone does not support (BitFit without biases, prefixes on DeBERTa) have no rows.
 
 Peak memory: each method trains in a fresh subprocess that reports the peak resident set of
 three training steps after a first one (CPU, Linux: the high-water mark reset through
@@ -16,6 +21,7 @@ three training steps after a first one (CPU, Linux: the high-water mark reset th
 ``torch.cuda.max_memory_allocated`` over them (GPU). Usage:
 
     python benchmarks/step_time.py --model minilm-l6 --threads 1 --out results/benchmarks/step_time.csv
+    python benchmarks/step_time.py --model smollm2-135m --batch 16 --threads 1 --out results/benchmarks/step_time_smollm2.csv
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ import torch
 
 from propetl import METHODS, PETLConfig, apply_petl, merge_masks
 from propetl.atomic import write_text
+from propetl.architectures import family_of, head_paths
 from propetl.backbones import load_model
 
-REFERENCES = ("floor", "peft-lora")
+REFERENCES = ("floor", "prefix-floor", "peft-lora")
+FLOORS = {"floor": "floor", "prefix-floor": "prefix-floor"}
 
 
 def _time(step: Callable[[], None], warmup: int, repeats: int) -> float:
@@ -53,18 +61,35 @@ def build(name: str, model_name: str) -> torch.nn.Module:
     model = load_model(model_name, 2)
     if name == "floor":
         return model.requires_grad_(False)
+    if name == "prefix-floor":
+        model = merge_masks(apply_petl(model, PETLConfig(method="prefix")))
+        return model.requires_grad_(False)
     if name == "peft-lora":
         from peft import LoraConfig, get_peft_model
 
-        return get_peft_model(model, LoraConfig(r=32, lora_alpha=48, lora_dropout=0.0, target_modules=["query", "value"],
-                                                modules_to_save=["classifier"]))
+        return get_peft_model(model, LoraConfig(r=32, lora_alpha=48, lora_dropout=0.0, target_modules=list(family_of(model).lora_targets),
+                                                modules_to_save=[path.rsplit(".", 1)[-1] for path in head_paths(model)]))
     return apply_petl(model, PETLConfig(method=name))
 
 
+def supported(model_name: str) -> tuple[str, ...]:
+    """The references and every method the backbone takes (a refused pair fails at once, before any work)."""
+    names = []
+    for name in (*REFERENCES, *METHODS):
+        try:
+            build(name, model_name)
+        except ValueError:
+            continue
+        names.append(name)
+    return tuple(names)
+
+
 def _inputs(model: torch.nn.Module, batch: int, length: int, floor: bool) -> dict[str, torch.Tensor]:
+    """Token ids without padding (a decoder's pad token is often its end of text: none may appear)."""
     generator = torch.Generator().manual_seed(0)
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(min(1000, vocab // 2), min(20000, vocab), (batch, length), generator=generator)
+    ids[ids == model.config.pad_token_id] += 1
     inputs = {"attention_mask": torch.ones(batch, length, dtype=torch.long)}
     if floor:  # the gradient has to reach the embeddings: through every layer, as with a module in layer 0
         return inputs | {"inputs_embeds": model.get_input_embeddings()(ids).detach().requires_grad_()}
@@ -88,12 +113,12 @@ def train_step(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, dtype
     return step
 
 
-def measure(model_name: str, batch: int, length: int, warmup: int, repeats: int) -> pd.DataFrame:
+def measure(model_name: str, names: tuple[str, ...], batch: int, length: int, warmup: int, repeats: int) -> pd.DataFrame:
     labels = torch.randint(0, 2, (batch,), generator=torch.Generator().manual_seed(1))
     rows = []
-    for name in (*REFERENCES, *METHODS):
+    for name in names:
         model = build(name, model_name).train()
-        inputs = _inputs(model, batch, length, floor=name == "floor")
+        inputs = _inputs(model, batch, length, floor=name in FLOORS)
         for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
             rows.append({"method": name, "what": f"train step {precision}",
                          "seconds": _time(train_step(model, inputs, labels, dtype), warmup, repeats)})
@@ -109,9 +134,9 @@ def measure(model_name: str, batch: int, length: int, warmup: int, repeats: int)
         merge_masks(model)
         rows.append({"method": name, "what": "inference merged", "seconds": _time(infer, warmup, repeats)})
     table = pd.DataFrame(rows)
-    for reference in ("adapter", "floor"):
+    for reference in ("adapter", "floor", "prefix-floor"):
         seconds = table[table.method == reference].set_index("what")["seconds"]
-        table[f"ratio_to_{reference}"] = table["seconds"] / table["what"].map(seconds)
+        table[f"ratio_to_{reference.replace('-', '_')}"] = table["seconds"] / table["what"].map(seconds)
     return table
 
 
@@ -126,7 +151,7 @@ def peak_memory(name: str, model_name: str, batch: int, length: int, threads: in
 def _peak_child(name: str, model_name: str, batch: int, length: int, threads: int) -> None:
     torch.set_num_threads(threads)
     model = build(name, model_name).train()
-    step = train_step(model, _inputs(model, batch, length, floor=name == "floor"),
+    step = train_step(model, _inputs(model, batch, length, floor=name in FLOORS),
                       torch.randint(0, 2, (batch,)), torch.bfloat16)
     step()  # the first step allocates gradients and optimiser states
     if torch.cuda.is_available():
@@ -162,12 +187,14 @@ def main() -> None:
     parser.add_argument("--out", default="results/benchmarks/step_time.csv")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    table = measure(args.model, args.batch, args.length, args.warmup, args.repeats)
-    memory = {name: peak_memory(name, args.model, args.batch, args.length, args.threads) for name in (*REFERENCES, *METHODS)}
+    names = supported(args.model)
+    table = measure(args.model, names, args.batch, args.length, args.warmup, args.repeats)
+    memory = {name: peak_memory(name, args.model, args.batch, args.length, args.threads) for name in names}
     table["peak_memory_mb"] = table["method"].map(memory)
+    table.insert(0, "model", args.model)
     write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
     steps = table[table["what"] == "train step bf16"].set_index("method")
-    print(steps[["seconds", "ratio_to_floor", "ratio_to_adapter", "peak_memory_mb"]].round(3).to_markdown())
+    print(steps[["seconds", "ratio_to_floor", "ratio_to_prefix_floor", "ratio_to_adapter", "peak_memory_mb"]].round(3).to_markdown())
 
 
 if __name__ == "__main__":

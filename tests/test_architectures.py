@@ -192,3 +192,39 @@ def test_unsupported_pairs_fail_in_one_line_naming_model_method_and_what_is_supp
         apply_petl(_model("deberta"), PETLConfig(method="propetl-prefix"))
     with pytest.raises(ValueError, match=r"lora target 'nope' matches no linear layer of llama.*q_proj"):
         apply_petl(_model("llama"), PETLConfig(method="lora", lora_targets=["nope"]))
+
+
+def _adapter(weights: dict[str, torch.Tensor], stream: torch.Tensor) -> torch.Tensor:
+    down = torch.relu(stream @ weights["down"][0].T + weights["down_bias"][0])
+    return down @ weights["up"][0].T + weights["up_bias"][0]
+
+
+def _randomised_adapter(family: str):
+    model = apply_petl(_model(family), PETLConfig(method="propetl-adapter", mask_mode="none")).eval()
+    weights = prototypes(model)["ffn"].weights
+    with torch.no_grad():
+        for tensor in weights.values():
+            tensor.normal_(std=0.3)
+    return model, weights
+
+
+def test_a_t5_adapter_follows_the_official_controller_x_plus_y_plus_adapter_of_x_plus_y():
+    """propetl-t5: y = DenseReluDense(LN(x)) after dropout; the adapter reads y + x and adds to y; then the layer adds x."""
+    model, weights = _randomised_adapter("t5")
+    block = model.transformer.encoder.block[0].layer[1]
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        out = block(x)
+        y = block.DenseReluDense(block.layer_norm(x))
+    torch.testing.assert_close(out, x + y + _adapter(weights, x + y), atol=1e-5, rtol=0)
+
+
+def test_a_llama_adapter_reads_the_residual_stream_where_the_feed_forward_norm_does():
+    model, weights = _randomised_adapter("llama")
+    layer = model.model.layers[0]
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        normed = layer.post_attention_layernorm(x)  # as in the layer's forward: x passes this norm, then the MLP
+        out = layer.mlp(normed)
+        y = layer.mlp.base(normed)
+    torch.testing.assert_close(out, y + _adapter(weights, x + y), atol=1e-5, rtol=0)

@@ -12,11 +12,14 @@ step_time = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(step_time)
 
 
-def test_every_method_and_both_references_are_timed_side_by_side_with_ratios():
-    table = step_time.measure("tiny-bert", batch=4, length=8, warmup=1, repeats=1)
+def test_every_method_and_the_references_are_timed_side_by_side_with_ratios():
+    names = step_time.supported("tiny-bert")
+    assert names == (*step_time.REFERENCES, *step_time.METHODS)
+    table = step_time.measure("tiny-bert", names, batch=4, length=8, warmup=1, repeats=1)
     steps = table[table["what"] == "train step bf16"].set_index("method")
-    assert set(steps.index) == {"floor", "peft-lora", *step_time.METHODS}
+    assert set(steps.index) == {"floor", "prefix-floor", "peft-lora", *step_time.METHODS}
     assert steps.loc["floor", "ratio_to_floor"] == 1.0 and steps.loc["adapter", "ratio_to_adapter"] == 1.0
+    assert steps.loc["prefix-floor", "ratio_to_prefix_floor"] == 1.0
     assert (table["seconds"] > 0).all()
     assert not (table["method"].isin(step_time.REFERENCES) & table["what"].str.startswith("inference")).any()
 
@@ -24,3 +27,10 @@ def test_every_method_and_both_references_are_timed_side_by_side_with_ratios():
 def test_peak_memory_is_measured_in_a_fresh_process_per_method():
     floor, full = (step_time.peak_memory(name, "tiny-bert", 4, 8, threads=1) for name in ("floor", "full"))
     assert floor > 0 and full > 0
+
+
+def test_a_decoder_is_benchmarked_with_the_methods_it_takes():
+    names = step_time.supported("tiny-llama")
+    assert "bitfit" not in names and {"prefix-floor", "peft-lora", "propetl-lora", "propetl-prefix"} <= set(names)
+    table = step_time.measure("tiny-llama", ("floor", "prefix-floor", "peft-lora", "prefix"), batch=2, length=6, warmup=1, repeats=1)
+    assert (table["seconds"] > 0).all()
