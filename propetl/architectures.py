@@ -81,6 +81,8 @@ class Family:
     """LoRA's default targets: PEFT's ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`` for the family."""
     prefix: bool = True
     """Whether its attention goes through transformers' attention interface (DeBERTa's disentangled attention does not)."""
+    lm: str | None = None
+    """How it generates text: ``seq2seq`` (encoder-decoder), ``causal`` (decoder), None (an encoder: classifiers only)."""
 
 
 def _qkv(prefix: str, q: str, k: str, v: str) -> dict[str, tuple[Projection, ...]]:
@@ -96,7 +98,7 @@ _BERT = Family(
 
 def _llama_style(ffn: AdapterSite) -> Family:
     return Family(stacks=(Stack("layers", **_qkv("self_attn", "q_proj", "k_proj", "v_proj"), attention=("self_attn",), ffn=ffn),),
-                  heads=("score",), lora_targets=("q_proj", "v_proj"))
+                  heads=("score",), lora_targets=("q_proj", "v_proj"), lm="causal")
 
 
 _LLAMA = _llama_style(AdapterSite(after="mlp", residual="post_attention_layernorm"))
@@ -120,7 +122,7 @@ FAMILIES: dict[str, Family] = {
     "gpt2": Family(
         stacks=(Stack("h", query=(Projection("attn.c_attn", 0, 3),), key=(Projection("attn.c_attn", 1, 3),),
                       value=(Projection("attn.c_attn", 2, 3),), attention=("attn",), ffn=AdapterSite(after="mlp", residual="ln_2")),),
-        heads=("score",), lora_targets=("c_attn",),
+        heads=("score",), lora_targets=("c_attn",), lm="causal",
     ),
     "t5": Family(
         stacks=(
@@ -130,7 +132,7 @@ FAMILIES: dict[str, Family] = {
                   attention=("layer.0.SelfAttention",), cross_attention=("layer.1.EncDecAttention",),
                   ffn=AdapterSite(after="layer.2.dropout", residual="layer.2")),
         ),
-        heads=("classification_head",), lora_targets=("q", "v"),
+        heads=("classification_head",), lora_targets=("q", "v"), lm="seq2seq",
     ),
 }
 
@@ -152,9 +154,13 @@ class Target:
 
 def family_of(model: PreTrainedModel) -> Family:
     """The model's family entry; any other architecture fails at once, naming the supported ones."""
-    model_type = getattr(model.config, "model_type", None)
+    return family_named(getattr(model.config, "model_type", None), f" ({type(model).__name__})")
+
+
+def family_named(model_type: str | None, what: str = "") -> Family:
+    """The family entry of a model type (known before any weights load); others fail naming the supported ones."""
     if model_type not in FAMILIES:
-        raise ValueError(f"unsupported architecture {model_type!r} ({type(model).__name__}); supported model types: {', '.join(FAMILIES)}")
+        raise ValueError(f"unsupported architecture {model_type!r}{what}; supported model types: {', '.join(FAMILIES)}")
     return FAMILIES[model_type]
 
 

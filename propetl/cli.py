@@ -30,10 +30,13 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] 
     for f in dataclasses.fields(cls):
         if f.name in skip or (only is not None and f.name not in only):
             continue
-        if list[str] in typing.get_args(hints[f.name]):  # --task / --prepared: one value, or repeated for several tasks
+        if list[str] in typing.get_args(hints[f.name]):
             flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-            parser.add_argument(*flags, dest=f.name, action="store" if only is not None else "append", default=None,
-                                help=f.metadata["help"] + ("" if only is not None else " (repeatable)"))
+            if str in typing.get_args(hints[f.name]):  # --task / --prepared: one value, or repeated for several tasks
+                parser.add_argument(*flags, dest=f.name, action="store" if only is not None else "append", default=None,
+                                    help=f.metadata["help"] + ("" if only is not None else " (repeatable)"))
+            else:  # a list of names: --text-columns premise hypothesis, --metrics bleu chrf
+                parser.add_argument(*flags, dest=f.name, nargs="+", default=None, help=f.metadata["help"])
             continue
         resolved = copy.copy(f)  # the config module uses postponed annotations: give the parser real types
         # an unset (None) flag such as --bf16 still reads as a switch: bare, or with true/false
@@ -120,7 +123,8 @@ def _prepare(args: argparse.Namespace) -> None:
 
     options = {name: getattr(args, name) for name in FILE_TASK_OPTIONS if getattr(args, name) is not None}
     print(prepare_task(args.task, args.model, args.out, data_seed=args.data_seed, max_length=args.max_length,
-                       max_train=args.max_train, max_val=args.max_val, max_test=args.max_test, **options))
+                       max_train=args.max_train, max_val=args.max_val, max_test=args.max_test, task_format=args.task_format,
+                       max_new_tokens=args.max_new_tokens, **options))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="tokenise a task once for every run that shares it", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_fields(prepare, TrainConfig, only=("task", "model", "data_seed", "max_length", "max_train", "max_val", "max_test",
-                                            *FILE_TASK_OPTIONS))
+                                            "task_format", "max_new_tokens", *FILE_TASK_OPTIONS))
     prepare.add_argument("--out", required=True, help="output dir of the tokenised task")
     prepare.set_defaults(func=_prepare)
     return parser

@@ -27,8 +27,12 @@ MASK_MODES = ("learned", "random", "none")
 SHARE_MODES = ("layers", "none")
 TASK_MASK_LAYOUTS = ("per_layer", "task_or_layer", "task_and_layer")
 EVAL_STRATEGIES = ("steps", "epoch")
-TASK_TYPES = ("classification", "regression")
-FILE_TASK_OPTIONS = ("text_columns", "label_column", "task_type", "encoding")
+TASK_TYPES = ("classification", "regression", "generation")
+TASK_FORMATS = ("classifier", "text-to-text")
+FILE_TASK_OPTIONS = ("text_columns", "label_column", "task_type", "encoding", "source_column", "target_column", "metrics")
+# Generation settings (propetl.task_kinds): the official T5 values (docs/fidelity.md). A run's fingerprint
+# leaves them out at their defaults, so that checkpoints written before they existed still resume.
+GENERATION_SETTINGS = ("task_format", "max_new_tokens", "num_beams", "label_smoothing")
 
 
 @dataclass(frozen=True)
@@ -282,8 +286,21 @@ class TrainConfig:
     eval_batch_size: int = _opt(32, "evaluation batch size (eval splits are length-sorted: small batches pad least)")
     text_columns: list[str] | None = _opt(None, "file tasks: the text column, or two for pairs (default: text)")
     label_column: str | None = _opt(None, "file tasks: the label column (default: label)")
-    task_type: str | None = _opt(None, "file tasks: classification | regression (default: inferred where the labels leave no doubt)")
+    task_type: str | None = _opt(None, "file tasks: classification | regression | generation (source -> target text); "
+                                       "default: classification or regression, inferred where the labels leave no doubt")
     encoding: str | None = _opt(None, "file tasks: text encoding of a CSV/JSONL file (default: utf-8)")
+    source_column: str | None = _opt(None, "generation files: the input text column (default: source)")
+    target_column: str | None = _opt(None, "generation files: the target text column (default: target)")
+    metrics: list[str] | None = _opt(None, "file tasks: the metrics whose mean is combined_score (default: accuracy; "
+                                           "regression pearson, spearmanr; generation rouge1, rouge2, rougeL; also f1, "
+                                           "matthews_correlation, bleu, chrf, exact_match)")
+    task_format: str = _opt("classifier", "classifier (a classification head) | text-to-text (classification tasks as generation "
+                                          "on a T5 or decoder model: task name and fields in, label word out, as the T5 code)")
+    max_new_tokens: int = _opt(128, "generation tasks: targets are truncated to this many tokens and generation stops there "
+                                    "(official T5 GLUE: 128)")
+    num_beams: int = _opt(1, "generation tasks: beams of the search (1: greedy; official: the model config's, 1 for t5-base)")
+    label_smoothing: float = _opt(0.1, "generation tasks: label smoothing of the token loss (official T5 configs: 0.1); "
+                                       "classifier heads train without, as the official RoBERTa scripts")
     max_length: int | None = _opt(None, "max tokens per example (default: the task's)")
     max_train: int | None = _opt(None, "cap on training examples")
     max_val: int | None = _opt(None, "cap on validation examples")
@@ -300,7 +317,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Fail on values no run could use, before anything is loaded (the pipeline plans with this too)."""
         self._normalise_tasks()
-        for name in ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "logging_steps"):
+        for name in ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "logging_steps", "max_new_tokens", "num_beams"):
             _whole(name, getattr(self, name))
         for name in ("max_steps", "max_length", "max_train", "max_val", "max_test", "threads"):
             if getattr(self, name) is not None:
@@ -323,6 +340,11 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         if self.task_type is not None:
             check_allowed("task_type", self.task_type, TASK_TYPES)
+        check_allowed("task_format", self.task_format, TASK_FORMATS)
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.metrics is not None:
+            self.metrics = list(self.metrics)
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 both set; choose one autocast precision")
 

@@ -59,8 +59,8 @@ import pandas as pd
 
 from propetl import resources
 from propetl.atomic import atomic_dir
-from propetl.task_files import (FILE_SUFFIXES, MIN_SPLIT_ROWS, SPLITS, TaskFileError, TaskTable, read_rows,
-                                 read_task_file)
+from propetl.task_files import (FILE_SUFFIXES, MIN_SPLIT_ROWS, SPLITS, TaskFileError, TaskTable, read_generation_file,
+                                 read_rows, read_task_file)
 
 if TYPE_CHECKING:
     from datasets import DatasetDict, Features
@@ -78,6 +78,9 @@ FILE_TEST_FRACTION, FILE_VALIDATION_FRACTION = 0.1, 0.1
 PREPARED_FORMAT = 1
 
 _NLI_LABELS = ("entailment", "neutral", "contradiction")
+DEFAULT_METRICS = {"classification": ("accuracy",), "regression": ("pearson", "spearmanr"),
+                   "generation": ("rouge1", "rouge2", "rougeL")}
+"""A file task's metrics unless given (combined_score is their mean); generation: ROUGE as for XSum."""
 log = logging.getLogger("propetl.data")
 
 
@@ -98,6 +101,8 @@ class TaskSpec:
     loader: Callable[..., DatasetDict] = field(repr=False, compare=False)
     rows: Mapping[str, int] | None = field(default=None, compare=False)
     """A file task's rows: in the file, dropped as duplicates, per split before caps (None: a registered task)."""
+    target_field: str | None = None
+    """A generation task's target text column (its ``text_fields`` hold the source); None for classification and regression."""
 
     @property
     def is_pair(self) -> bool:
@@ -108,37 +113,53 @@ class TaskSpec:
         return self.num_labels == 1
 
     @property
+    def is_generation(self) -> bool:
+        return self.target_field is not None
+
+    @property
+    def task_type(self) -> str:
+        return "generation" if self.is_generation else "regression" if self.is_regression else "classification"
+
+    @property
+    def answer(self) -> str:
+        """The column a model learns to produce: ``label`` (a class id or a score), or a generation task's ``target`` text."""
+        return "target" if self.is_generation else "label"
+
+    @property
     def columns(self) -> list[str]:
-        return ["text_a", "text_b"][: len(self.text_fields)]
+        return ["source"] if self.is_generation else ["text_a", "text_b"][: len(self.text_fields)]
 
     def features(self) -> Features:
         from datasets import ClassLabel, Features, Value
 
-        label = Value("float32") if self.is_regression else ClassLabel(names=list(self.label_names))
-        return Features({**{c: Value("string") for c in self.columns}, "label": label})
+        answer = (Value("string") if self.is_generation else Value("float32") if self.is_regression
+                  else ClassLabel(names=list(self.label_names)))
+        return Features({**{c: Value("string") for c in self.columns}, self.answer: answer})
 
 
 # ---------------------------------------------------------------- shared split machinery
 
 def _select(frame: pd.DataFrame, spec: TaskSpec, label: str = "label") -> pd.DataFrame:
-    """Source columns -> text_a/text_b/label, dropping rows that lack any of them."""
+    """Source columns -> text_a/text_b/label (generation: source/target), dropping rows that lack any of them."""
     out = frame[[*spec.text_fields, label]].dropna()
-    out.columns = [*spec.columns, "label"]
-    for column in spec.columns:
+    out.columns = [*spec.columns, spec.answer]
+    for column in spec.columns + (["target"] if spec.is_generation else []):
         out[column] = out[column].astype(str).str.strip()
     return out
 
 
 def _keys(frame: pd.DataFrame) -> pd.Series:
+    if "source" in frame:
+        return frame["source"]
     if "text_b" in frame:
         return frame["text_a"] + "\x00" + frame["text_b"]
     return frame["text_a"]
 
 
 def _dedupe(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per text (or pair); texts seen with more than one label are dropped entirely."""
+    """One row per text (or pair); texts seen with more than one label (a source with two targets) are dropped entirely."""
     keys = _keys(frame)
-    consistent = frame.groupby(keys)["label"].transform("nunique") == 1
+    consistent = frame.groupby(keys)["target" if "target" in frame else "label"].transform("nunique") == 1
     return frame[consistent & ~keys.duplicated()]
 
 
@@ -298,7 +319,7 @@ def _file_rows(spec: TaskSpec, table: TaskTable, label_column: str) -> tuple[pd.
     split sizes, so a file too small to split is refused with its spec, before anything is loaded.
     """
     raw = table.frame
-    if not spec.is_regression:
+    if table.task_type == "classification":
         raw = raw.assign(label=raw[label_column].map(lambda v: spec.label_names.index(str(v))))
         label_column = "label"
     if "split" in raw:
@@ -327,7 +348,7 @@ def _load_file(spec: TaskSpec, data_seed: int, *, rows: pd.DataFrame) -> Dataset
         frames = {split: rows[rows["split"] == split] for split in SPLITS}
     else:
         frames = _random_split(rows, spec.rows["test"], spec.rows["validation"], data_seed)
-    missing = [] if spec.is_regression else sorted(set(range(spec.num_labels)) - set(frames["train"]["label"]))
+    missing = [] if spec.task_type != "classification" else sorted(set(range(spec.num_labels)) - set(frames["train"]["label"]))
     if missing:
         held = ", ".join(f"{n} in {split}" for split in SPLITS[1:]
                          if (n := int((frames[split]["label"] == missing[0]).sum())))
@@ -342,20 +363,31 @@ def _load_file(spec: TaskSpec, data_seed: int, *, rows: pd.DataFrame) -> Dataset
 
 def file_task_spec(path: str | os.PathLike, text_columns: Sequence[str] = ("text",), label_column: str = "label",
                    task_type: str | None = None, encoding: str = "utf-8", metrics: Sequence[str] | None = None,
-                   max_length: int = 128) -> TaskSpec:
+                   max_length: int = 128, source_column: str | None = None, target_column: str | None = None) -> TaskSpec:
     """A task read from one table, checked row by row first (:mod:`propetl.task_files`).
 
     ``task_type`` (classification | regression) is inferred only where the labels leave no
-    doubt; classification labels (strings or numbers) get ids in sorted order.
+    doubt; classification labels (strings or numbers) get ids in sorted order. A generation file
+    (``task_type`` generation) has a source and a target text column instead.
     """
-    if len(text_columns) not in (1, 2):
-        raise ValueError(f"text_columns must name one or two columns, got {list(text_columns)}")
-    table = read_task_file(path, text_columns, label_column, task_type, encoding)
-    regression = table.task_type == "regression"
+    from propetl.metrics import check_metric_names  # lazily: planning a study imports this module
+
+    if task_type == "generation":
+        source_column, target_column = source_column or "source", target_column or "target"
+        table = read_generation_file(path, source_column, target_column, encoding)
+        text_columns, label_column, num_labels = (source_column,), target_column, 0
+    else:
+        if source_column is not None or target_column is not None:
+            raise ValueError(f"source_column / target_column apply to generation files (task_type generation), not {Path(path).name}")
+        if len(text_columns) not in (1, 2):
+            raise ValueError(f"text_columns must name one or two columns, got {list(text_columns)}")
+        table = read_task_file(path, text_columns, label_column, task_type, encoding)
+        num_labels = 1 if table.task_type == "regression" else len(table.label_names)
     spec = TaskSpec(
-        name=str(path), text_fields=tuple(text_columns), num_labels=1 if regression else len(table.label_names),
-        metrics=tuple(metrics or (("pearson", "spearmanr") if regression else ("accuracy",))),
-        label_names=table.label_names, max_length=max_length, loader=_load_file)
+        name=str(path), text_fields=tuple(text_columns), num_labels=num_labels,
+        metrics=tuple(metrics or DEFAULT_METRICS[table.task_type]), label_names=table.label_names, max_length=max_length,
+        loader=_load_file, target_field=target_column if table.task_type == "generation" else None)
+    check_metric_names(spec.task_type, spec.metrics)
     rows, counts = _file_rows(spec, table, label_column)
     return dataclasses.replace(spec, rows=counts, loader=functools.partial(_load_file, rows=rows))
 
@@ -418,30 +450,38 @@ def tokenize_task(dsdict: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_l
 
 def prepare_task(task: str, model: str, out_dir: str | os.PathLike, *, data_seed: int = 0,
                  max_length: int | None = None, max_train: int | None = None, max_val: int | None = None,
-                 max_test: int | None = None, revision: str | None = None, **options: Any) -> Path:
+                 max_test: int | None = None, revision: str | None = None, task_format: str = "classifier",
+                 max_new_tokens: int = 128, **options: Any) -> Path:
     """Tokenise a task once for all jobs that share task, tokenizer, data seed, length and caps.
 
-    An existing ``out_dir`` whose ``prepared.json`` matches the request is reused; any other is
-    replaced atomically (:func:`propetl.atomic.atomic_dir`): a crash never leaves a half-written one.
+    How its targets are tokenised is its kind's (:mod:`propetl.task_kinds`): class ids or scores for
+    a classifier; target texts (``max_new_tokens`` at most) for a generator, which a text-to-text
+    ``task_format`` makes of a classification task. An existing ``out_dir`` whose ``prepared.json``
+    matches the request is reused; any other is replaced atomically (:func:`propetl.atomic.atomic_dir`):
+    a crash never leaves a half-written one.
     """
     from propetl.backbones import load_tokenizer, model_identity
+    from propetl.task_kinds import kind_of
 
     out_dir = Path(out_dir)
     spec, _ = _resolve(task, options)
+    kind = kind_of(spec, task_format)
     request = json.loads(json.dumps({
         "format": PREPARED_FORMAT, "task": task, "task_options": options,
         "model": model_identity(model, revision), "data_seed": data_seed,
         "max_length": max_length or spec.max_length,
         "max_train": max_train, "max_val": max_val, "max_test": max_test,
+        **kind.request(spec, task_format, max_new_tokens),
     }, default=str))
     prepared = out_dir / "prepared.json"
     if prepared.is_file() and _matches(json.loads(prepared.read_text()), request):
         return out_dir
 
     dsdict = load_task(task, data_seed, max_train, max_val, max_test, **options)
-    tokenized = tokenize_task(dsdict, load_tokenizer(model, revision), request["max_length"])
+    tokenized = kind.tokenize(dsdict, spec, load_tokenizer(model, revision), request["max_length"], model=model,
+                              max_new_tokens=max_new_tokens)
     info = {**request, "num_labels": spec.num_labels, "label_names": list(spec.label_names),
-            "metrics": list(spec.metrics), "split_sizes": split_sizes(tokenized), "rows": spec.rows}
+            "metrics": list(spec.metrics), "split_sizes": split_sizes(tokenized), "rows": spec.rows, "task_kind": kind.name}
     with atomic_dir(out_dir) as staging:
         tokenized.save_to_disk(str(staging))
         (staging / "prepared.json").write_text(json.dumps(info, indent=2) + "\n")

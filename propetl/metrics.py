@@ -1,7 +1,11 @@
-"""Evaluation metrics under the GLUE conventions, computed with scikit-learn and scipy.
+"""Evaluation metrics under the GLUE conventions, computed with scikit-learn and scipy, and of generated text
+with the libraries made for them (``rouge-score``, ``sacrebleu``).
 
 Names: ``accuracy``, ``f1`` (binary, positive class 1, as GLUE reports for MRPC and QQP),
-``matthews_correlation`` (CoLA), ``pearson`` and ``spearmanr`` (STS-B). Every result also
+``matthews_correlation`` (CoLA), ``pearson`` and ``spearmanr`` (STS-B); for generated text
+``rouge1``, ``rouge2``, ``rougeL`` (mean F-measure, Porter stemmer as the official T5 code),
+``bleu`` and ``chrf`` (sacrebleu's corpus scores) and ``exact_match``. Every score is on [0, 1]
+(sacrebleu's 0-100 divided by 100), so tables treat them as accuracies. Every result also
 carries ``combined_score``, the mean of the requested metrics, which model selection uses so
 that tasks with two metrics are ranked on one number.
 """
@@ -26,6 +30,17 @@ _REGRESSION: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 _METRICS = {**_CLASSIFICATION, **_REGRESSION}
 METRICS = tuple(_METRICS)
+ROUGE = ("rouge1", "rouge2", "rougeL")
+GENERATION_METRICS = (*ROUGE, "bleu", "chrf", "exact_match")
+_BY_TASK_TYPE = {"classification": tuple(_CLASSIFICATION), "regression": tuple(_REGRESSION), "generation": GENERATION_METRICS}
+
+
+def check_metric_names(task_type: str, metric_names: Sequence[str]) -> None:
+    """Refuse, in one line, metrics a task of this type cannot be scored on (before any data is loaded)."""
+    allowed = _BY_TASK_TYPE[task_type]
+    unknown = [name for name in metric_names if name not in allowed]
+    if unknown or not metric_names:
+        raise ValueError(f"metrics={list(metric_names)} not supported for a {task_type} task; allowed: {', '.join(allowed)}")
 
 
 def compute_metrics(metric_names: Sequence[str], predictions: ArrayLike, labels: ArrayLike) -> dict[str, float]:
@@ -45,3 +60,28 @@ def compute_metrics(metric_names: Sequence[str], predictions: ArrayLike, labels:
     scores["combined_score"] = float(np.mean(list(scores.values())))
     return scores
 
+
+
+def generation_metrics(metric_names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Score generated texts against one reference each, with rouge-score and sacrebleu as they are meant to be called."""
+    check_metric_names("generation", metric_names)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    scores: dict[str, float] = {}
+    rouge = [name for name in metric_names if name in ROUGE]
+    if rouge:
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(rouge, use_stemmer=True)
+        each = [scorer.score(reference, prediction) for prediction, reference in zip(predictions, references)]
+        scores |= {name: float(np.mean([s[name].fmeasure for s in each])) for name in rouge}
+    if "bleu" in metric_names or "chrf" in metric_names:
+        import sacrebleu
+
+        corpus = {"bleu": sacrebleu.corpus_bleu, "chrf": sacrebleu.corpus_chrf}
+        scores |= {name: corpus[name](list(predictions), [list(references)]).score / 100 for name in ("bleu", "chrf") if name in metric_names}
+    if "exact_match" in metric_names:
+        scores["exact_match"] = float(np.mean([p.strip() == r.strip() for p, r in zip(predictions, references)]))
+    scores = {name: scores[name] for name in metric_names}
+    scores["combined_score"] = float(np.mean(list(scores.values())))
+    return scores

@@ -92,7 +92,7 @@ def apply_multitask_petl(models: Mapping[str, PreTrainedModel], config: PETLConf
     if bad:
         raise ValueError(f"task name {bad[0]!r} cannot name a task in a multi-task model (no '.' or '/')")
     heads = {task: head_modules(m) for task, m in models.items()}
-    switch = TaskSwitch({task: (m.num_labels, m.config.problem_type) for task, m in models.items()})
+    switch = TaskSwitch({task: (m.config.num_labels, m.config.problem_type) for task, m in models.items()})
     model = _apply(next(iter(models.values())), config, switch)
     for path in heads[switch.tasks[0]]:
         combined = TaskHeads(switch, {task: heads[task][path] for task in switch.tasks})

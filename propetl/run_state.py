@@ -24,7 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from . import timing
 from .atomic import write_json, write_text
 from .backbones import model_identity
-from .config import FILE_TASK_OPTIONS, PETLConfig, TrainConfig
+from .config import FILE_TASK_OPTIONS, GENERATION_SETTINGS, PETLConfig, TrainConfig
 from .provenance import provenance
 from .runs import RunFiles, task_slug, tasks_slug
 from .trainer import SPEED_KEYS, strip
@@ -55,6 +55,8 @@ def discard_foreign_checkpoints(checkpoints: Path, cfg: TrainConfig, petl_config
     ignored = ("out", "keep_checkpoints", "threads", "logging_steps", "prepared")
     train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
     train = {k: v for k, v in train.items() if k not in FILE_TASK_OPTIONS or v is not None}  # as before they existed
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    train = {k: v for k, v in train.items() if k not in GENERATION_SETTINGS or v != defaults[k]}
     fingerprint = {"train": train, "petl": petl_config.to_dict()}
     marker = checkpoints / "run_config.json"
     if checkpoints.is_dir() and (not marker.is_file() or json.loads(marker.read_text()) != json.loads(json.dumps(fingerprint))):
@@ -165,6 +167,7 @@ def run_identity(cfg: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
         "task": cfg.task if len(slugs) == 1 else tasks_slug(cfg.tasks),
         **({"task_names": slugs, "task_masks": petl_config.task_masks, "task_temperature": cfg.task_temperature} if len(slugs) > 1 else {}),
         **({"prototype": cfg.prototype} if cfg.prototype else {}),
+        **({"task_format": cfg.task_format} if cfg.task_format != "classifier" else {}),
         "label": cfg.label or petl_config.method,
         "method": petl_config.method,
         "sparsity": petl_config.sparsity,

@@ -383,6 +383,8 @@ class Study:
         caps = {key: self.tasks[name].get(key) for key in DATA_KEYS}
         caps["max_length"] = caps["max_length"] or self.config["max_length"]
         options = {key: self.tasks[name][key] for key in FILE_TASK_OPTIONS if key in self.tasks[name]}
+        # how generated targets are tokenised: the train jobs check that their --prepared data was made so
+        options |= {key: value for key, value in self.task_training(name).items() if key in ("task_format", "max_new_tokens")}
         return flags({"task": name, "model": self.config["model"], "data_seed": self.config["data_seed"], **caps, **options})
 
     def _explicit(self, entry: dict, values: dict) -> dict:

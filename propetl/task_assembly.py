@@ -8,31 +8,35 @@ Everything a bad task could fail on is checked before any data or model is loade
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from datasets import Value, concatenate_datasets
 
-from .backbones import model_identity
+from .backbones import generator_kind, model_identity
 from .config import PETLConfig, TrainConfig
 from .data import get_task_spec, load_prepared, prepare_task
-from .metrics import compute_metrics
 from .runs import RunFiles, task_slug
+from .task_kinds import GENERATOR, kind_of, run_kind
 from .task_sampler import TemperatureBatchSampler
 
 
 def check_tasks(cfg: TrainConfig, petl_config: PETLConfig) -> None:
-    """What no data or model load should be spent on: unknown tasks, bad files, a multi-task run of a method without masks."""
+    """What no data or model load should be spent on: unknown tasks, bad files, a multi-task run of a method without
+    masks, classifier and generated tasks in one run, a generated task on an encoder."""
     for what, asked in (("several --task", len(cfg.tasks) > 1), ("--prototype", cfg.prototype)):
         if asked:
             petl_config.require_learned_masks(what)
     slugs = [task_slug(task) for task in cfg.tasks]
     if len(set(slugs)) < len(slugs):
         raise ValueError(f"tasks {cfg.tasks} share a name ({', '.join(slugs)}); rename a task file")
-    for task in cfg.tasks:
-        get_task_spec(task, **cfg.file_options)
+    kinds = {task_slug(task): kind_of(get_task_spec(task, **cfg.file_options), cfg.task_format).name for task in cfg.tasks}
+    run_kind({slug: {"task_kind": kind} for slug, kind in kinds.items()})
+    if GENERATOR.name in kinds.values() and generator_kind(cfg.model) is None:
+        raise ValueError(f"model {cfg.model!r} is an encoder; generated tasks ({', '.join(kinds)}) need an encoder-decoder (t5) "
+                         f"or a decoder (llama-style, gpt2)")
 
 
 def _check_prepared(path: str | Path, info: dict[str, Any], cfg: TrainConfig, task: str) -> None:
@@ -40,18 +44,11 @@ def _check_prepared(path: str | Path, info: dict[str, Any], cfg: TrainConfig, ta
     expected = {"task": task, "data_seed": cfg.data_seed, "model": model_identity(cfg.model),
                 "task_options": cfg.file_options}
     expected |= {k: getattr(cfg, k) for k in ("max_length", "max_train", "max_val", "max_test") if getattr(cfg, k) is not None}
+    spec = get_task_spec(task, **cfg.file_options)
+    expected |= dict.fromkeys(("task_format", "max_new_tokens")) | kind_of(spec, cfg.task_format).request(spec, cfg.task_format, cfg.max_new_tokens)
     for key, value in expected.items():
         if info.get(key) != value:
             raise ValueError(f"--prepared {path} was made with {key}={info.get(key)!r}, but this run has {key}={value!r}")
-
-
-def metrics_fn(info: dict[str, Any]):
-    """The Trainer's ``compute_metrics`` of a task: its metrics on the logits (squeezed for regression)."""
-    def metrics(prediction) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return compute_metrics(info["metrics"], np.squeeze(logits, -1) if info["num_labels"] == 1 else logits, prediction.label_ids)
-
-    return metrics
 
 
 def load_tasks(cfg: TrainConfig, files: RunFiles) -> dict[str, tuple[Any, dict[str, Any]]]:
@@ -61,7 +58,8 @@ def load_tasks(cfg: TrainConfig, files: RunFiles) -> dict[str, tuple[Any, dict[s
         slug = task_slug(task)
         path = prepared or prepare_task(
             task, cfg.model, files.data / slug if len(cfg.tasks) > 1 else files.data, data_seed=cfg.data_seed,
-            max_length=cfg.max_length, max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test, **cfg.file_options,
+            max_length=cfg.max_length, max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test,
+            task_format=cfg.task_format, max_new_tokens=cfg.max_new_tokens, **cfg.file_options,
         )
         data, info = load_prepared(path)
         _check_prepared(path, info, cfg, task)
@@ -90,15 +88,16 @@ def single_task(loaded: dict[str, tuple[Any, dict[str, Any]]]) -> Splits:
     return Splits(data["train"], data["validation"], data["test"], info)
 
 
-def multi_task(loaded: dict[str, tuple[Any, dict[str, Any]]], cfg: TrainConfig) -> Splits:
-    """Every task's rows tagged with its index and concatenated for training, drawn task by task by temperature."""
+def multi_task(loaded: dict[str, tuple[Any, dict[str, Any]]], cfg: TrainConfig, metrics: Callable[[dict[str, Any]], Any]) -> Splits:
+    """Every task's rows tagged with its index and concatenated for training, drawn task by task by temperature;
+    ``metrics(info)`` is a task's ``compute_metrics`` (its kind's, :mod:`propetl.task_kinds`)."""
     tagged = {slug: _tag(data, i) for i, (slug, (data, _)) in enumerate(loaded.items())}
     return Splits(
         train=concatenate_datasets([data["train"] for data in tagged.values()]),
         validation={slug: data["validation"] for slug, data in tagged.items()},
         test={slug: data["test"] for slug, data in tagged.items()},
         info={slug: info for slug, (_, info) in loaded.items()},
-        task_metrics={slug: metrics_fn(info) for slug, (_, info) in loaded.items()},
+        task_metrics={slug: metrics(info) for slug, (_, info) in loaded.items()},
         sampler=TemperatureBatchSampler([len(data["train"]) for data in tagged.values()], cfg.batch_size,
                                         cfg.task_temperature, cfg.seed),
     )

@@ -6,7 +6,8 @@ has 2``. Bad rows are refused, never dropped: numbers from the part of a file th
 to parse would describe a task nobody asked for. The rules, checked by a property-based
 fuzzer (``tests/test_task_files_fuzz.py``):
 
-* Text is a non-blank string; a label is non-blank. A label that reads as a finite number is
+* Text is a non-blank string; a label is non-blank. A generation file (``task_type: generation``) has a
+  source and a target text column instead (``source_column``, ``target_column``), both non-blank strings. A label that reads as a finite number is
   that number (``1``, ``1.0``, ``1e0`` and ``" 1 "`` are one class); anything else is text, as written.
 * Labels that differ only by surrounding whitespace or by case (``pos``, ``pos ``, ``Pos``) are
   refused, naming both lines: which spelling is meant is the author's call, not a guess.
@@ -53,12 +54,13 @@ class TaskTable:
     label_names: tuple[str, ...]  # classification: the classes, in sorted order; regression: ()
 
 
-def read_rows(path: str | Path, text_columns: Sequence[str], label_column: str, encoding: str = "utf-8",
+def read_rows(path: str | Path, text_columns: Sequence[str], label_column: str | None, encoding: str = "utf-8",
               require_text: bool = True) -> tuple[pd.DataFrame, str]:
     """The rows of a table file, each with a label (and, with ``require_text``, text), and the unit of its positions.
 
     The checks every table needs, whatever its labels mean. A local GLUE copy passes
     ``require_text=False``: it must read like the hub's, which keeps GLUE's few empty texts.
+    A generation file has no label column (None): its target is a text column.
     """
     path = Path(path)
     name = path.name
@@ -72,10 +74,12 @@ def read_rows(path: str | Path, text_columns: Sequence[str], label_column: str, 
     frame, unit = readers[path.suffix](path, encoding)
     if frame.empty:
         raise TaskFileError(f"{name}: no rows")
-    missing = [c for c in (*text_columns, label_column) if c not in frame.columns]
+    wanted = (*text_columns, *([label_column] if label_column is not None else []))
+    missing = [c for c in wanted if c not in frame.columns]
     if missing:
-        raise TaskFileError(f"{name}: columns {missing} not found; the file has {[c for c in frame.columns if c != LINE]} "
-                            f"(text_columns={list(text_columns)}, label_column={label_column!r})")
+        asked = f"text_columns={list(text_columns)}, label_column={label_column!r}" if label_column is not None else \
+            f"source_column={text_columns[0]!r}, target_column={text_columns[1]!r}"
+        raise TaskFileError(f"{name}: columns {missing} not found; the file has {[c for c in frame.columns if c != LINE]} ({asked})")
     where = lambda row: f"{name} {unit} {row[LINE]}"  # noqa: E731
     for column in text_columns if require_text else ():
         bad = frame[frame[column].map(lambda v: not isinstance(v, str) or _is_blank(v))]
@@ -85,7 +89,7 @@ def read_rows(path: str | Path, text_columns: Sequence[str], label_column: str, 
                        else f"{value!r} in column {column!r} is a {type(value).__name__}, not text")
             raise TaskFileError(f"{where(bad.iloc[0])}: {problem}"
                                 + (f" ({len(bad) - 1} more rows like it)" if len(bad) > 1 else ""))
-    unlabelled = frame[frame[label_column].map(_is_blank)]
+    unlabelled = frame[frame[label_column].map(_is_blank)] if label_column is not None else frame.iloc[:0]
     if not unlabelled.empty:
         raise TaskFileError(f"{where(unlabelled.iloc[0])}: no label in column {label_column!r}")
     return frame, unit
@@ -118,6 +122,15 @@ def read_task_file(path: str | Path, text_columns: Sequence[str] = ("text",), la
         raise TaskFileError(f"{name}: column {label_column!r} has one class ({label_names[0]!r}); a classifier needs at "
                             f"least two (task_type regression for a score)")
     return TaskTable(frame=frame, task_type=task_type, label_names=label_names)
+
+
+def read_generation_file(path: str | Path, source_column: str = "source", target_column: str = "target",
+                         encoding: str = "utf-8") -> TaskTable:
+    """Read and check a generation file: every row a non-blank source and target text (a split column as for classification)."""
+    frame, unit = read_rows(path, (source_column, target_column), None, encoding)
+    if "split" in frame.columns:
+        _check_splits(Path(path).name, unit, frame, target_column, "generation")
+    return TaskTable(frame=frame, task_type="generation", label_names=())
 
 
 def _is_blank(value) -> bool:

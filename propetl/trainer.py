@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding, Trainer
+from transformers import GenerationConfig, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME
 
@@ -50,10 +50,11 @@ class PETLTrainer(Trainer):
     task-pure batches, a task switch per batch and a validation pass per task."""
 
     def __init__(self, *args, run_config: TrainConfig, task_metrics: dict[str, Any] | None = None,
-                 batch_sampler: TemperatureBatchSampler | None = None, **kwargs):
+                 batch_sampler: TemperatureBatchSampler | None = None, generation: GenerationConfig | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_config = run_config
         self.task_metrics, self.batch_sampler = task_metrics, batch_sampler
+        self.generation = generation
         self.task_names = list(task_metrics or ())
         self.first_loss: float | None = None  # of this session: a resumed run compares with its first step
 
@@ -80,6 +81,21 @@ class PETLTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Generated token ids (and the target ids as labels) for generation tasks (:mod:`propetl.task_kinds`), the
+        model's outputs otherwise. ``generate`` runs with the KV cache; a decoder continues its prompts, so they are
+        re-padded on the left and only the new tokens kept."""
+        if self.generation is None:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        prompts, attention = inputs["input_ids"], inputs["attention_mask"]
+        decoder = not self.model.config.is_encoder_decoder
+        if decoder:
+            prompts, attention = _left_padded(prompts, attention)
+        with torch.no_grad():
+            generated = self.model.generate(input_ids=prompts, attention_mask=attention, generation_config=self.generation)
+        return None, generated[:, prompts.shape[1]:] if decoder else generated, inputs["labels"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         task_ids = inputs.pop("task_id", None)
@@ -147,16 +163,21 @@ class PETLTrainer(Trainer):
 
 
 def _trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state a checkpoint must hold: everything but the frozen parameters."""
+    """The state a checkpoint must hold: everything but the frozen parameters, a tied tensor once (fully
+    fine-tuned T5 ties its embeddings and LM head: loading one name restores them all)."""
     frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
-    return {name: tensor for name, tensor in model.state_dict().items() if name not in frozen}
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        storage = (tensor.data_ptr(), tensor.shape, tensor.stride()) if tensor.numel() else name
+        if name not in frozen and storage not in seen:
+            state[name] = tensor
+            seen.add(storage)
+    return state
 
 
-def collator(tokenizer):
-    """Pads a batch of tokenised rows (their ``length`` column is for sorting only)."""
-    pad = DataCollatorWithPadding(tokenizer)
+def _left_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded rows with their padding moved to the left (each row rolled by its pad count)."""
+    pads = (attention_mask == 0).sum(dim=1, keepdim=True)
+    order = (torch.arange(input_ids.shape[1], device=input_ids.device) - pads) % input_ids.shape[1]
+    return input_ids.gather(1, order), attention_mask.gather(1, order)
 
-    def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return pad([{k: v for k, v in f.items() if k != "length"} for f in features])
-
-    return collate

@@ -36,14 +36,15 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from . import run_state, timing
 from .artifacts import artifact_bytes, load_frozen_prototype, save_petl
-from .backbones import load_model, load_tokenizer, model_identity
+from .backbones import load_tokenizer, model_identity
 from .config import PETLConfig, TrainConfig, effective_defaults
 from .petl_model import apply_multitask_petl, apply_petl
 from .run_state import History, TrainClock
 from .runs import RunFiles
 from .storage import storage_report
-from .task_assembly import Splits, check_tasks, load_tasks, metrics_fn, multi_task, single_task
-from .trainer import Diverged, PETLTrainer, collator, strip
+from .task_assembly import Splits, check_tasks, load_tasks, multi_task, single_task
+from .task_kinds import run_kind
+from .trainer import Diverged, PETLTrainer, strip
 
 log = logging.getLogger("propetl.train")
 
@@ -120,15 +121,17 @@ def _build_trainer(cfg: TrainConfig, petl_config: PETLConfig, callbacks: list[Tr
     are for after training."""
     files = RunFiles(Path(cfg.out))
     loaded = load_tasks(cfg, files)
+    infos = {slug: info for slug, (_, info) in loaded.items()}
+    kind, tokenizer = run_kind(infos), load_tokenizer(cfg.model)
     set_seed(cfg.seed)
-    models = {slug: load_model(cfg.model, info["num_labels"], regression=info["num_labels"] == 1, seed=cfg.seed)
-              for slug, (_, info) in loaded.items()}
+    models = kind.load_models(cfg, infos)
+    metrics_of = lambda info: kind.metrics(info, tokenizer)  # noqa: E731
     if len(loaded) == 1:
         model = apply_petl(next(iter(models.values())), petl_config)
         splits = single_task(loaded)
     else:
         model = apply_multitask_petl(models, petl_config)
-        splits = multi_task(loaded, cfg)
+        splits = multi_task(loaded, cfg, metrics_of)
     if cfg.prototype:
         load_frozen_prototype(model, cfg.prototype)
 
@@ -161,18 +164,20 @@ def _build_trainer(cfg: TrainConfig, petl_config: PETLConfig, callbacks: list[Tr
         logging_steps=cfg.logging_steps,
         report_to=[],
         disable_tqdm=False,
+        label_smoothing_factor=kind.label_smoothing(cfg),
     )
     trainer = PETLTrainer(
         model=model,
         args=args,
         train_dataset=splits.train,
         eval_dataset=splits.validation,
-        data_collator=collator(load_tokenizer(cfg.model)),
-        compute_metrics=metrics_fn(splits.info) if splits.task_metrics is None else None,
+        data_collator=kind.collator(tokenizer, model),
+        compute_metrics=metrics_of(splits.info) if splits.task_metrics is None else None,
         callbacks=list(callbacks),
         run_config=cfg,
         task_metrics=splits.task_metrics,
         batch_sampler=splits.sampler,
+        generation=kind.generation_config(model, cfg),
     )
     return trainer, splits
 

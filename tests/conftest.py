@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random BERT/RoBERTa classifiers built in code, one sentiment task file, a budget ladder."""
+"""Shared fixtures: tiny random BERT/RoBERTa classifiers built in code, sentiment, topic and generation task files, a budget ladder."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ STUDY_CONFIGS = {  # every committed study config
 }
 SENTIMENT_CSV = ROOT / "tests" / "fixtures" / "sentiment.csv"  # 240 rows whose label single words give away
 TOPIC_CSV = ROOT / "tests" / "fixtures" / "topic.csv"  # 150 rows, 3 topics (sport, tech, food) its words give away
+GENERATION_JSONL = ROOT / "tests" / "fixtures" / "generation.jsonl"  # 60 rows: four words -> the first two swapped
 
 
 def tiny_classifier(family: str = "bert", num_labels: int = 3, layers: int = 3, hidden: int = 32, seed: int = 0):
@@ -56,6 +57,11 @@ def sentiment_csv() -> str:
 @pytest.fixture(scope="session")
 def topic_csv() -> str:
     return str(TOPIC_CSV)
+
+
+@pytest.fixture(scope="session")
+def generation_jsonl() -> str:
+    return str(GENERATION_JSONL)
 
 
 @pytest.fixture(params=["bert", "roberta"])

@@ -1,11 +1,14 @@
-"""GLUE metrics against values worked out by hand."""
+"""GLUE metrics against values worked out by hand; generation metrics against the libraries called directly."""
 
 import math
 
+import numpy as np
 import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
 
 from propetl.data import TASKS
-from propetl.metrics import compute_metrics
+from propetl.metrics import check_metric_names, compute_metrics, generation_metrics
 
 LABELS = [1, 1, 0, 0, 1, 0]
 PREDICTIONS = [1, 0, 0, 1, 1, 0]  # TP=2 FN=1 FP=1 TN=2
@@ -68,3 +71,23 @@ def test_scores_are_plain_floats():
     scores = compute_metrics(["accuracy", "f1"], PREDICTIONS, LABELS)
 
     assert all(type(v) is float and math.isfinite(v) for v in scores.values())
+
+
+def test_generation_metrics_are_rouge_score_and_sacrebleu_on_the_same_strings():
+    predictions, references = ["the cat sat on the mat", "a dog runs", ""], ["the cat is on the mat", "the dog ran", "nothing"]
+    scores = generation_metrics(("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match"), predictions, references)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    each = [scorer.score(r, p) for p, r in zip(predictions, references)]
+    for key in ("rouge1", "rouge2", "rougeL"):
+        assert scores[key] == pytest.approx(np.mean([s[key].fmeasure for s in each]))
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(predictions, [references]).score / 100)
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(predictions, [references]).score / 100)
+    assert scores["exact_match"] == 0.0
+    assert scores["combined_score"] == pytest.approx(np.mean([scores[k] for k in scores if k != "combined_score"]))
+
+
+def test_a_metric_the_task_type_cannot_score_is_refused_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"metrics=\['accuracy'\] not supported for a generation task; allowed: rouge1, rouge2"):
+        check_metric_names("generation", ["accuracy"])
+    with pytest.raises(ValueError, match=r"not supported for a classification task; allowed: accuracy, f1, matthews_correlation"):
+        check_metric_names("classification", ["bleu"])

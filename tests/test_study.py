@@ -7,6 +7,7 @@ here every rule of the config is checked in-process, which is fast enough to try
 from __future__ import annotations
 
 import copy
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from conftest import STUDY_CONFIGS
 
+from propetl.cli import build_parser
 from propetl.study import RESOURCE_DEFAULTS, Study, StudyError, flags, typed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,3 +236,18 @@ def test_any_json_value_as_a_config_is_refused_in_one_line(cfg):
     with pytest.raises(StudyError) as error:
         study(cfg)
     assert "\n" not in str(error.value)
+
+
+def test_a_generated_task_is_prepared_with_the_settings_its_train_jobs_check(tmp_path):
+    cfg = {"model": "tiny-t5", "seeds": [1], "methods": [{"label": "pl", "method": "propetl-lora"}],
+           "training": {"max_steps": 8, "eval_every": 4, "max_new_tokens": 16, "label_smoothing": 0.1},
+           "tasks": {"tests/fixtures/generation.jsonl": {"task_type": "generation", "metrics": ["bleu", "chrf"], "num_beams": 2},
+                     "tests/fixtures/sentiment.csv": {"task_format": "text-to-text"}}}
+    s = study(cfg)
+    assert s.prepare_flags("generation") == ("--task tests/fixtures/generation.jsonl --model tiny-t5 --data-seed 0 --task-type generation "
+                                             "--metrics bleu chrf --max-new-tokens 16")
+    assert s.prepare_flags("sentiment").endswith("--max-new-tokens 16 --task-format text-to-text")
+    train = s.train_flags("generation", "pl", "0.9", 1)
+    assert "--num-beams 2" in train and "--label-smoothing 0.1" in train and "--max-new-tokens 16" in train
+    for command, flags_ in (("prepare", s.prepare_flags("generation")), ("train", train)):  # lists parse as one flag
+        assert build_parser().parse_args([command, *shlex.split(flags_), "--out", str(tmp_path)]).metrics == ["bleu", "chrf"]

@@ -23,6 +23,8 @@ def _write(tmp_path, name: str, content: str | bytes):
     return path
 
 
+GENERATION = "".join(json.dumps({"source": f"s {i}", "target": f"t {i}"}) + "\n" for i in range(20))
+GENERATE = {"task_type": "generation"}
 CASES = {
     # case: (file name, content, task options, what the one line must say)
     "empty file": ("data.csv", "", {}, r"^data\.csv: the file is empty$"),
@@ -66,6 +68,22 @@ CASES = {
     "a split emptied by texts a later split holds": (
         "data.csv", "text,label,split\n" + "".join(f"t{i},{i % 2},{s}\n" for i, s in enumerate(["train"] * 4 + ["validation"] * 2 + ["test"] * 2))
         + "t4,0,test\nt5,1,test\n", {}, r"^data\.csv: 10 rows give train 4, validation 0, test 4 \(its split column, after dropping 2 duplicate rows\)"),
+    # generation files (task_type generation): source and target texts
+    "generation: empty target": ("data.jsonl", GENERATION + '{"source": "x", "target": " "}\n', GENERATE,
+                                 r"^data\.jsonl line 21: empty or missing text in column 'target'$"),
+    "generation: missing target column": ("data.csv", "source,summary\na,b\n", GENERATE,
+                                          r"^data\.csv: columns \['target'\] not found; the file has \['source', 'summary'\] "
+                                          r"\(source_column='source', target_column='target'\)$"),
+    "generation: renamed columns missing": ("data.csv", "source,target\na,b\n", {**GENERATE, "source_column": "document"},
+                                            r"columns \['document'\] not found"),
+    "generation: not utf-8": ("data.csv", "source,target\ncaf\xe9,b\n".encode("latin-1"), GENERATE, r"^data\.csv: not utf-8 text \(byte 0xe9"),
+    "generation: number as target": ("data.jsonl", GENERATION + '{"source": "x", "target": 5}\n', GENERATE,
+                                     r"^data\.jsonl line 21: 5 in column 'target' is a int, not text$"),
+    "generation: unknown split": ("data.csv", "source,target,split\na,b,train\nc,d,dev\n", GENERATE,
+                                  r"^data\.csv line 3: unknown values \['dev'\] in column 'split'"),
+    "generation: too few rows": ("data.jsonl", GENERATION[: GENERATION.index('{"source": "s 10"')], GENERATE,
+                                 r"^data\.jsonl: 10 rows give train 8, validation 1, test 1"),
+    "source column without generation": ("data.csv", GOOD, {"source_column": "text"}, r"source_column / target_column apply to generation files"),
 }
 
 
@@ -112,6 +130,24 @@ def test_the_cli_stops_on_a_bad_file_before_loading_anything(tmp_path):
         main(["train", "--model", "tiny-bert", "--task", str(path), "--method", "adapter", "--out", str(tmp_path / "run")])
     assert str(exit_info.value.code) == "propetl train: error: data.csv line 22: 3 fields, header has 2"
     assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_stops_on_a_bad_generation_file_before_loading_anything(tmp_path):
+    path = _write(tmp_path, "data.jsonl", GENERATION + '{"source": "x", "target": ""}\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "tiny-t5", "--task", str(path), "--task-type", "generation", "--method", "lora",
+              "--out", str(tmp_path / "run")])
+    assert str(exit_info.value.code) == "propetl train: error: data.jsonl line 21: empty or missing text in column 'target'"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_generation_file_keeps_its_rows_and_drops_a_source_given_two_targets(tmp_path):
+    path = _write(tmp_path, "data.jsonl", GENERATION + '{"source": "s 0", "target": "other"}\n')
+    spec = get_task_spec(str(path), task_type="generation")
+    assert spec.rows == {"file": 21, "duplicates_dropped": 2, "train": 15, "validation": 2, "test": 2}
+    dsdict = load_task(str(path), task_type="generation")
+    assert dsdict["train"].column_names == ["source", "target"]
+    assert "s 0" not in [source for split in dsdict.values() for source in split["source"]]
 
 
 def test_a_local_glue_copy_is_checked_like_a_task_file(tmp_path):
