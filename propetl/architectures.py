@@ -69,6 +69,9 @@ class Stack:
     cross_attention: tuple[str, ...] = ()
 
     def role(self, name: str) -> tuple:
+        """The entries playing ``name`` (one of ROLES) in a layer of this stack."""
+        if name not in ROLES:
+            raise ValueError(f"role {name!r} is not one of {', '.join(ROLES)}")
         return getattr(self, name) if name != "ffn" else (self.ffn,)
 
 
