@@ -28,7 +28,7 @@ SHARE_MODES = ("layers", "none")
 TASK_MASK_LAYOUTS = ("per_layer", "task_or_layer", "task_and_layer")
 EVAL_STRATEGIES = ("steps", "epoch")
 TASK_TYPES = ("classification", "regression", "generation")
-TASK_FORMATS = ("classifier", "text-to-text")
+TASK_FORMATS = ("classifier", "text-to-text", "text-to-text-no-prefix")
 FILE_TASK_OPTIONS = ("text_columns", "label_column", "task_type", "encoding", "source_column", "target_column", "metrics")
 # Generation settings (propetl.task_kinds): the official T5 values (docs/fidelity.md). A run's fingerprint
 # leaves them out at their defaults, so that checkpoints written before they existed still resume.
@@ -295,7 +295,8 @@ class TrainConfig:
                                            "regression pearson, spearmanr; generation rouge1, rouge2, rougeL; also f1, "
                                            "matthews_correlation, bleu, chrf, exact_match)")
     task_format: str = _opt("classifier", "classifier (a classification head) | text-to-text (classification tasks as generation "
-                                          "on a T5 or decoder model: task name and fields in, label word out, as the T5 code)")
+                                          "on a T5 or decoder model: task name and fields in, label word out, as the T5 code) | "
+                                          "text-to-text-no-prefix (the same without the task name: the official adapter and ProPETL input)")
     max_new_tokens: int = _opt(128, "generation tasks: targets are truncated to this many tokens and generation stops there "
                                     "(official T5 GLUE: 128)")
     num_beams: int = _opt(1, "generation tasks: beams of the search (1: greedy; official: the model config's, 1 for t5-base)")

@@ -29,6 +29,9 @@ Sizes (``data_seed`` 0, no caps; see ``split_sizes``):
   (``torch.randperm``), so ``data_seed`` 42 reproduces its splits row for row. Read from the hub, or from
   ``{glue_dir}/{name}/{split}.jsonl`` in the hub's columns when ``glue_dir`` or
   ``PROPETL_GLUE_DIR`` is set.
+* ``t5-glue-*``, ``xsum``, ``wmt16-ro-en``: as the official T5 code (``propetl-t5/data/``) splits and writes
+  them, for the T5 paper studies (docs/fidelity.md): GLUE from the hub or ``PROPETL_GLUE_DIR``, XSum and
+  WMT16 Ro-En from the hub or ``{PROPETL_XSUM_DIR,PROPETL_WMT16_DIR}/{split}.jsonl`` (``local_dir``).
 * a ``.csv``, ``.jsonl`` or ``.parquet`` file: its ``split`` column if it has one, otherwise
   test 10%, validation 10%, train the rest after dropping duplicate texts. A file too small to
   split, or whose class would miss train, is refused (rules: :mod:`propetl.task_files`).
@@ -85,6 +88,21 @@ log = logging.getLogger("propetl.data")
 
 
 @dataclass(frozen=True)
+class T5Template:
+    """How the official T5 code writes a task's input (``propetl-t5/data/tasks.py``): its name, then a word before each text.
+
+    ``seq2seq_format`` (``abstract_task.py:151-156``) puts the task's ``name`` first only when the run
+    adds the prefix (fine-tuning; adapter and ProPETL runs do not, ``finetune_t5_trainer.py:197``).
+    """
+
+    name: str
+    words: tuple[str, ...]
+
+    def source(self, texts: Sequence[str], prefix: bool) -> str:
+        return " ".join([*([self.name] if prefix else []), *(part for pair in zip(self.words, texts) for part in pair)])
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """What a job needs to know about a task before loading it.
 
@@ -103,6 +121,8 @@ class TaskSpec:
     """A file task's rows: in the file, dropped as duplicates, per split before caps (None: a registered task)."""
     target_field: str | None = None
     """A generation task's target text column (its ``text_fields`` hold the source); None for classification and regression."""
+    template: T5Template | None = None
+    """The official T5 code's input template (text-to-text; None: ``{task} {field}: {text}``)."""
 
     @property
     def is_pair(self) -> bool:
@@ -309,6 +329,100 @@ _BUILTIN = [
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _BUILTIN}
 
 
+# ---------------------------------------------------------------- the official T5 code's tasks
+
+# propetl-t5/data/abstract_task.py:42-45 (split_validation_test); MNLI is in neither list (tasks.py:427-429).
+T5_GLUE_SMALL = ("cola", "rte", "mrpc", "stsb")
+XSUM_VALIDATION_SIZE = 1024  # n_val of every configs/xsum/*.json
+HUB_DIR_ENVS = {"xsum": "PROPETL_XSUM_DIR", "wmt16-ro-en": "PROPETL_WMT16_DIR"}
+
+
+def _load_t5_glue(spec: TaskSpec, data_seed: int, *, config: str, glue_dir: str | os.PathLike | None = None) -> DatasetDict:
+    """GLUE as ``propetl-t5`` splits it (``abstract_task.py:121-147``, seed = ``data_seed``, 42 there).
+
+    Small tasks: as the RoBERTa code (the official validation set halved). MNLI: validation on
+    ``validation_mismatched``, test on ``validation_matched``. SST-2, QQP, QNLI: the first 1,000 of the
+    permuted train set validate, the official validation set tests; the official code trains on the
+    whole train set (``finetune_t5_trainer.py:196`` asks no split), ``_leak_free`` drops those 1,000.
+    """
+    if config in T5_GLUE_SMALL:
+        return _load_glue(spec, data_seed, config=config, large=False, glue_dir=glue_dir)
+    read = lambda split: _select(_read_glue(config, split, glue_dir, spec.text_fields), spec)  # noqa: E731
+    train = read("train")
+    if config == "mnli":
+        return _to_dataset_dict(spec, {"train": train, "validation": read("validation_mismatched"),
+                                       "test": read("validation_matched")})
+    validation = _torch_permute(train, data_seed)[:GLUE_LARGE_VALIDATION_SIZE]
+    return _to_dataset_dict(spec, {"train": train, "validation": validation, "test": read("validation")})
+
+
+def _t5_glue_spec(config: str, words: tuple[str, ...], fields: tuple[str, ...], metrics: tuple[str, ...],
+                  classes: int) -> TaskSpec:
+    """A GLUE task as ``propetl-t5/data/tasks.py`` writes it: label words are the class ids (``"0"``, ``"1"``)."""
+    return TaskSpec(name=f"t5-glue-{config}", text_fields=fields, num_labels=classes, metrics=metrics,
+                    label_names=tuple(map(str, range(classes))) if classes > 1 else (), max_length=128,
+                    loader=functools.partial(_load_t5_glue, config=config), template=T5Template(config, words))
+
+
+def _read_hub(task: str, split: str, hub: tuple[str, ...], fields: Sequence[str], local_dir: str | os.PathLike | None) -> pd.DataFrame:
+    """One split from the hub, or ``{local_dir}/{split}.jsonl`` in the hub's columns (``local_dir`` or the task's variable)."""
+    env = HUB_DIR_ENVS[task]
+    local_dir = local_dir or os.environ.get(env)
+    if local_dir:
+        if not Path(local_dir).is_dir():
+            raise TaskFileError(f"{task}: local copy {local_dir} (local_dir or {env}) is not a directory")
+        return read_rows(Path(local_dir) / f"{split}.jsonl", fields, None, require_text=False)[0]
+    try:
+        import datasets
+
+        return datasets.load_dataset(*hub, split=split).to_pandas()
+    except Exception as err:
+        raise RuntimeError(f"could not load {task} ({split}) from the Hugging Face hub ({type(err).__name__}: {err}); "
+                           f"pass local_dir or set {env} to a folder holding {split}.jsonl") from err
+
+
+def _load_xsum(spec: TaskSpec, data_seed: int, local_dir: str | os.PathLike | None = None) -> DatasetDict:
+    """XSum's own splits (``tasks.py:606-611``); validation is the first ``n_val`` = 1,024 of the permuted
+    validation set (``abstract_task.py:61-73``, seed ``data_seed``)."""
+    frames = {split: _templated(spec, _read_hub(spec.name, split, ("EdinburghNLP/xsum",), ("document", "summary"), local_dir))
+              for split in SPLITS}
+    frames["validation"] = _torch_permute(frames["validation"], data_seed)[:XSUM_VALIDATION_SIZE]
+    return _to_dataset_dict(spec, frames)
+
+
+def _load_wmt16_ro_en(spec: TaskSpec, data_seed: int, local_dir: str | os.PathLike | None = None) -> DatasetDict:
+    """WMT16 Ro-En's own splits, Romanian to English (``tasks.py:203-209``); rows are ``{"translation": {"ro", "en"}}``."""
+    def read(split: str) -> pd.DataFrame:
+        raw = _read_hub(spec.name, split, ("wmt/wmt16", "ro-en"), ("translation",), local_dir)
+        return _templated(spec, raw.assign(**{lang: raw["translation"].map(lambda pair: pair[lang]) for lang in ("ro", "en")}))
+
+    return _to_dataset_dict(spec, {split: read(split) for split in SPLITS})
+
+
+def _templated(spec: TaskSpec, raw: pd.DataFrame) -> pd.DataFrame:
+    """A generation task's rows as source/target, the source written by its template without the task's name
+    (the input of the official adapter and ProPETL runs)."""
+    frame = _select(raw, spec, spec.target_field)
+    return frame.assign(source=[spec.template.source([text], prefix=False) for text in frame["source"]])
+
+
+_T5_PAPER = [
+    _t5_glue_spec("cola", ("sentence:",), ("sentence",), ("matthews_correlation",), 2),
+    _t5_glue_spec("sst2", ("sentence:",), ("sentence",), ("accuracy",), 2),
+    _t5_glue_spec("mrpc", ("sentence1:", "sentence2:"), ("sentence1", "sentence2"), ("accuracy", "f1"), 2),
+    _t5_glue_spec("qqp", ("question1:", "question2:"), ("question1", "question2"), ("accuracy", "f1"), 2),
+    _t5_glue_spec("stsb", ("sentence1:", "sentence2:"), ("sentence1", "sentence2"), ("pearson", "spearmanr"), 1),
+    _t5_glue_spec("mnli", ("premise:", "hypothesis"), ("premise", "hypothesis"), ("accuracy",), 3),  # no colon: tasks.py:437
+    _t5_glue_spec("qnli", ("question:", "sentence:"), ("question", "sentence"), ("accuracy",), 2),
+    _t5_glue_spec("rte", ("sentence1:", "sentence2:"), ("sentence1", "sentence2"), ("accuracy",), 2),
+    TaskSpec("xsum", ("document",), 0, ("rouge1", "rouge2", "rougeL"), (), 512, _load_xsum, target_field="summary",
+             template=T5Template("xsum", ("summarize:",))),
+    TaskSpec("wmt16-ro-en", ("ro",), 0, ("bleu",), (), 64, _load_wmt16_ro_en, target_field="en",
+             template=T5Template("wmt16-ro-en", ("Translate Romanian to English:",))),
+]
+TASKS |= {spec.name: spec for spec in _T5_PAPER}
+
+
 # ---------------------------------------------------------------- local file tasks
 
 def _file_rows(spec: TaskSpec, table: TaskTable, label_column: str) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -479,7 +593,7 @@ def prepare_task(task: str, model: str, out_dir: str | os.PathLike, *, data_seed
 
     dsdict = load_task(task, data_seed, max_train, max_val, max_test, **options)
     tokenized = kind.tokenize(dsdict, spec, load_tokenizer(model, revision), request["max_length"], model=model,
-                              max_new_tokens=max_new_tokens)
+                              max_new_tokens=max_new_tokens, task_format=task_format)
     info = {**request, "num_labels": spec.num_labels, "label_names": list(spec.label_names),
             "metrics": list(spec.metrics), "split_sizes": split_sizes(tokenized), "rows": spec.rows, "task_kind": kind.name}
     with atomic_dir(out_dir) as staging:

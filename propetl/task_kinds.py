@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import TASK_FORMATS, TrainConfig, check_allowed
+from .data import T5Template
 from .runs import task_slug
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class TaskKind:
         return {}
 
     def tokenize(self, dsdict: DatasetDict, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int, *,
-                 model: str, max_new_tokens: int) -> DatasetDict:
+                 model: str, max_new_tokens: int, task_format: str) -> DatasetDict:
         raise NotImplementedError
 
     def load_models(self, cfg: TrainConfig, infos: Mapping[str, dict[str, Any]]) -> dict[str, PreTrainedModel]:
@@ -80,7 +81,7 @@ class TaskKind:
 
 
 class _Classifier(TaskKind):
-    def tokenize(self, dsdict, spec, tokenizer, max_length, *, model, max_new_tokens):
+    def tokenize(self, dsdict, spec, tokenizer, max_length, *, model, max_new_tokens, task_format):
         from .data import tokenize_task
 
         return tokenize_task(dsdict, tokenizer, max_length)
@@ -110,7 +111,7 @@ class _Generator(TaskKind):
     def request(self, spec, task_format, max_new_tokens):
         return {"max_new_tokens": max_new_tokens, **({} if spec.is_generation else {"task_format": task_format})}
 
-    def tokenize(self, dsdict, spec, tokenizer, max_length, *, model, max_new_tokens):
+    def tokenize(self, dsdict, spec, tokenizer, max_length, *, model, max_new_tokens, task_format):
         from .backbones import generator_kind
 
         lm = generator_kind(model)
@@ -118,7 +119,7 @@ class _Generator(TaskKind):
             raise ValueError(f"{task_slug(spec.name)} is a generation task; model {model!r} is an encoder: give an "
                              f"encoder-decoder (t5) or a decoder")
         if not spec.is_generation:
-            dsdict = text_to_text(dsdict, spec)
+            dsdict = text_to_text(dsdict, spec, task_format)
         return _tokenize_splits(dsdict, tokenizer, max_length, max_new_tokens, causal=lm == "causal")
 
     def load_models(self, cfg, infos):
@@ -144,6 +145,8 @@ class _Generator(TaskKind):
             predicted, references = (_decode(tokenizer, ids) for ids in (prediction.predictions, prediction.label_ids))
             if words is None:
                 return generation_metrics(info["metrics"], predicted, references)
+            if info["num_labels"] == 1:
+                return compute_metrics(info["metrics"], [_score_of(t) for t in predicted], [_score_of(t) for t in references])
             classes = lambda texts: np.array([words.index(t) if t in words else -1 for t in texts])  # noqa: E731
             return compute_metrics(info["metrics"], classes(predicted), classes(references))
 
@@ -168,11 +171,7 @@ def kind_of(spec: TaskSpec, task_format: str = "classifier") -> TaskKind:
     check_allowed("task_format", task_format, TASK_FORMATS)
     if spec.is_generation:
         return GENERATOR
-    if task_format == "text-to-text":
-        if spec.is_regression:
-            raise ValueError(f"task_format text-to-text needs a classification task; {task_slug(spec.name)} is a regression task")
-        return GENERATOR
-    return CLASSIFIER
+    return CLASSIFIER if task_format == "classifier" else GENERATOR
 
 
 def run_kind(infos: Mapping[str, dict[str, Any]]) -> TaskKind:
@@ -184,16 +183,33 @@ def run_kind(infos: Mapping[str, dict[str, Any]]) -> TaskKind:
     return kinds.pop()
 
 
-def text_to_text(dsdict: DatasetDict, spec: TaskSpec) -> DatasetDict:
-    """A classification task as source/target texts: ``{task} {field}: {text} ...`` -> its label word."""
-    task = task_slug(spec.name)
+def text_to_text(dsdict: DatasetDict, spec: TaskSpec, task_format: str = "text-to-text") -> DatasetDict:
+    """A classification or regression task as source/target texts: ``{task} {field}: {text} ...`` (or the task's
+    official T5 template; ``text-to-text-no-prefix``: without the task name) -> its label word, or its score
+    rounded to one decimal as the official STS-B (``propetl-t5/data/tasks.py:399``, ``data/utils.py:20``)."""
+    template = spec.template or T5Template(task_slug(spec.name), tuple(f"{field}:" for field in spec.text_fields))
+    prefix = task_format == "text-to-text"
 
     def convert(batch: dict[str, list]) -> dict[str, list]:
         texts = zip(*(batch[column] for column in spec.columns))
-        return {"source": [" ".join([task, *(f"{field}: {text}" for field, text in zip(spec.text_fields, row))]) for row in texts],
-                "target": [spec.label_names[label] for label in batch["label"]]}
+        return {"source": [template.source(row, prefix) for row in texts],
+                "target": [_score_text(label) if spec.is_regression else spec.label_names[label] for label in batch["label"]]}
 
     return dsdict.map(convert, batched=True, remove_columns=dsdict["train"].column_names)
+
+
+def _score_text(score: float) -> str:
+    return str(np.round(np.float32(score), decimals=1))
+
+
+def _score_of(text: str) -> float:
+    """A generated score; -1 where it is no number (the official ``string_to_float``, ``data/postprocessors.py``).
+
+    Spaces are ignored: some tokenizers (the tiny test T5's) decode ``3.8`` as ``3. 8``; t5-base's does not."""
+    try:
+        return float("".join(text.split()))
+    except ValueError:
+        return -1.0
 
 
 def _tokenize_splits(dsdict: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int, max_new_tokens: int, *,

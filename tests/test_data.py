@@ -81,9 +81,12 @@ def large_glue_dir(tmp_path):
 
 # ---------------------------------------------------------------- registry
 
-def test_registry_lists_rt_snli_debates_and_eight_glue_tasks():
-    assert set(TASKS) == {"rt-polarity", "snli", "debates"} | {f"glue-{t}" for t in
-                                                     ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")}
+GLUE_NAMES = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
+
+
+def test_registry_lists_rt_snli_debates_glue_and_the_t5_papers_tasks():
+    assert set(TASKS) == ({"rt-polarity", "snli", "debates", "xsum", "wmt16-ro-en"} | {f"glue-{t}" for t in GLUE_NAMES}
+                          | {f"t5-glue-{t}" for t in GLUE_NAMES})
     assert TASKS["glue-stsb"].is_regression and TASKS["glue-stsb"].num_labels == 1
     assert TASKS["glue-qqp"].text_fields == ("question1", "question2")
     assert TASKS["snli"].label_names == ("entailment", "neutral", "contradiction")
@@ -204,6 +207,71 @@ def test_hub_failure_points_to_the_local_glue_option(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(RuntimeError, match=f"GLUE 'cola'.*no route to the hub.*{data.GLUE_DIR_ENV}"):
         load_task("glue-cola")
+
+
+# ---------------------------------------------------------------- the official T5 code's tasks (propetl-t5/data/tasks.py)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_t5_glue_splits_as_propetl_t5_mnli_validates_on_mismatched_and_large_tasks_on_1000_train_rows(large_glue_dir):
+    mnli = load_task("t5-glue-mnli", data_seed=42, glue_dir=large_glue_dir)
+    assert split_sizes(mnli) == {"train": 1100, "validation": 70, "test": 60}  # abstract_task.py: mnli in neither list
+    assert mnli["validation"][0]["text_a"].startswith("validation_mismatched")
+    sst2 = load_task("t5-glue-sst2", data_seed=42, glue_dir=large_glue_dir)
+    train = pd.read_json(large_glue_dir / "sst2" / "train.jsonl", lines=True)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(42)).tolist()
+    assert list(sst2["validation"]["text_a"]) == list(train["sentence"].iloc[order[:1000]])  # get_train_split_indices
+    assert split_sizes(sst2) == {"train": 200, "validation": 1000, "test": 80}  # the official trains on all 1,200
+    _assert_no_example_in_two_splits(sst2)
+    assert split_sizes(load_task("t5-glue-rte", glue_dir=GLUE_FIXTURES)) == split_sizes(load_task("glue-rte", glue_dir=GLUE_FIXTURES))
+
+
+def test_t5_glue_label_words_are_the_class_ids():
+    assert TASKS["t5-glue-mnli"].label_names == ("0", "1", "2") and TASKS["t5-glue-stsb"].is_regression
+    assert TASKS["t5-glue-mnli"].template.source(["P.", "H."], prefix=False) == "premise: P. hypothesis H."  # tasks.py:436-437
+
+
+def test_xsum_from_a_local_copy_writes_the_official_template_and_keeps_1024_seeded_validation_rows(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROPETL_XSUM_DIR", str(FIXTURES / "xsum"))
+    dsdict = load_task("xsum")
+    first = pd.read_json(FIXTURES / "xsum" / "test.jsonl", lines=True).iloc[0]
+    assert split_sizes(dsdict) == {"train": 12, "validation": 6, "test": 6}
+    assert dsdict["test"][0] == {"source": f"summarize: {first['document']}", "target": first["summary"]}  # tasks.py:610-611
+    for split in data.SPLITS:
+        rows = [{"document": f"{split} document {i}", "summary": f"summary {i}"} for i in range(1100 if split == "validation" else 3)]
+        _write_jsonl(tmp_path / f"{split}.jsonl", rows)
+    validation = load_task("xsum", data_seed=42, local_dir=tmp_path)["validation"]
+    order = torch.randperm(1100, generator=torch.Generator().manual_seed(42)).tolist()[:1024]  # n_val 1024, abstract_task.py:61-73
+    assert list(validation["source"]) == [f"summarize: validation document {i}" for i in order]
+
+
+def test_wmt16_from_a_local_copy_translates_romanian_to_english(monkeypatch):
+    monkeypatch.setenv("PROPETL_WMT16_DIR", str(FIXTURES / "wmt16"))
+    dsdict = load_task("wmt16-ro-en")
+    pair = pd.read_json(FIXTURES / "wmt16" / "validation.jsonl", lines=True)["translation"].iloc[0]
+    assert split_sizes(dsdict) == {"train": 12, "validation": 6, "test": 6}
+    assert dsdict["validation"][0] == {"source": f"Translate Romanian to English: {pair['ro']}", "target": pair["en"]}
+
+
+@pytest.mark.parametrize("task, env", [("xsum", "PROPETL_XSUM_DIR"), ("wmt16-ro-en", "PROPETL_WMT16_DIR")])
+def test_a_missing_local_copy_or_an_unreachable_hub_fails_in_one_line_naming_the_variable(task, env, monkeypatch, tmp_path):
+    monkeypatch.setenv(env, str(tmp_path / "nowhere"))
+    with pytest.raises(data.TaskFileError) as err:
+        load_task(task)
+    assert env in str(err.value) and "nowhere" in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.setenv(env, str(tmp_path))  # a folder without the split's file
+    with pytest.raises(data.TaskFileError, match="train.jsonl: no such file"):
+        load_task(task)
+    monkeypatch.delenv(env)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("no route")))
+    with pytest.raises(RuntimeError, match=f"{task} \\(train\\).*no route.*{env}"):
+        load_task(task)
+
+
+def test_planning_the_hub_tasks_downloads_nothing(monkeypatch):
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub was asked"))
+    assert get_task_spec("xsum").is_generation and get_task_spec("wmt16-ro-en").metrics == ("bleu",)
 
 
 # ---------------------------------------------------------------- caps

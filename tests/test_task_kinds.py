@@ -2,6 +2,7 @@
 several generated tasks on one prototype, and the metrics are the libraries' own on the generated strings."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +14,8 @@ from rouge_score import rouge_scorer
 from propetl import PETLConfig, apply_petl, load_petl
 from propetl.backbones import load_tokenizer, tiny_generator
 from propetl.cli import main
-from propetl.data import load_prepared, prepare_task
-from propetl.task_kinds import run_kind
+from propetl.data import TASKS, load_prepared, load_task, prepare_task
+from propetl.task_kinds import GENERATOR, kind_of, run_kind, text_to_text
 from propetl.training import fit
 
 GENERATED = dict(max_new_tokens=8, lr=1e-2)
@@ -171,3 +172,25 @@ def test_bad_generation_settings_fail_in_one_line_before_anything_loads(args, me
 def test_classifier_and_generated_tasks_do_not_mix_in_one_run():
     with pytest.raises(ValueError, match="mix classifier and generated tasks"):
         run_kind({"rt-polarity": {"num_labels": 2}, "xsum": {"task_kind": "generator"}})  # tokenised before kinds: a classifier
+
+
+def test_t5_glue_is_written_as_the_official_code_writes_it_with_the_task_name_only_where_asked():
+    glue = Path(__file__).parent / "fixtures" / "glue"
+    rte = load_task("t5-glue-rte", glue_dir=glue)
+    row = rte["test"][0]
+    bare = text_to_text(rte, TASKS["t5-glue-rte"], "text-to-text-no-prefix")["test"][0]  # adapter / ProPETL runs
+    named = text_to_text(rte, TASKS["t5-glue-rte"], "text-to-text")["test"][0]  # fine-tuning (add_prefix)
+    assert bare == {"source": f"sentence1: {row['text_a']} sentence2: {row['text_b']}", "target": str(row["label"])}
+    assert named["source"] == f"rte {bare['source']}"
+    stsb = load_task("t5-glue-stsb", glue_dir=glue)
+    assert kind_of(TASKS["t5-glue-stsb"], "text-to-text-no-prefix") is GENERATOR
+    targets = text_to_text(stsb, TASKS["t5-glue-stsb"], "text-to-text-no-prefix")["test"]["target"]
+    assert targets == [str(np.round(np.float32(score), 1)) for score in stsb["test"]["label"]]  # tasks.py:399, utils.py:20
+
+
+def test_a_generated_score_is_read_as_a_number_and_anything_else_as_minus_one():
+    tokenizer = load_tokenizer("tiny-t5")
+    ids = lambda texts: np.array(tokenizer(texts, padding=True)["input_ids"])  # noqa: E731
+    metrics = GENERATOR.metrics({"metrics": ["pearson"], "num_labels": 1, "label_names": [], "task_format": "text-to-text"}, tokenizer)
+    prediction = type("P", (), {"predictions": ids(["1.0", "2.0", "oops"]), "label_ids": ids(["1.0", "2.0", "3.0"])})
+    assert metrics(prediction)["pearson"] == pytest.approx(np.corrcoef([1.0, 2.0, -1.0], [1.0, 2.0, 3.0])[0, 1])

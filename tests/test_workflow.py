@@ -157,6 +157,59 @@ def test_paper_study_plans_168_runs_with_every_official_hyperparameter_spelled_o
     assert {flag(argv, "--data-seed") for argv in commands(output, "prepare")} == {"42"}  # run_glue.py's dataset_seed
 
 
+# The official T5 configs' values (ChaosCodes/ProPETL propetl-t5/configs/, docs/fidelity.md cites file and line),
+# per study and entry label; our sparsity = 1 - their kept "sparsity", mask lr = lr x "mask_lr_ratio" 10.
+T5_GLUE = [f"t5-glue-{t}" for t in ("rte", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "cola")]
+T5_OFFICIAL = {
+    "paper_t5_glue": {"model": "t5-base", "tasks": T5_GLUE, "max_length": 128, "train": 17, "shared": {
+        "max_steps": 20000, "batch_size": 128, "eval_batch_size": 128, "eval_every": 2000, "warmup_ratio": 500 / 20000,
+        "weight_decay": 0.0, "label_smoothing": 0.1, "max_new_tokens": 128, "num_beams": 1, "bf16": False, "fp16": False,
+        "task_format": "text-to-text-no-prefix"}, "entries": {
+        "full": {"lr": 3e-4}, "adapter": {"lr": 3e-4, "reduction_factor": 12},
+        "propetl-adapter": {"lr": 3e-4, "mask_lr": 3e-3, "sparsity": 0.7, "reduction_factor": 12,
+                            "task_masks": "task_or_layer", "task_temperature": 10, "task": "+".join(T5_GLUE)}}},
+    "paper_t5_3b": {"model": "t5-3b", "tasks": T5_GLUE, "max_length": 128, "train": 17, "shared": {
+        "max_steps": 20000, "eval_every": 2000, "warmup_ratio": 500 / 20000, "label_smoothing": 0.1, "max_new_tokens": 128,
+        "task_format": "text-to-text-no-prefix", "fp16": False}, "entries": {
+        "full": {"lr": 3e-4, "batch_size": 2, "eval_batch_size": 2, "grad_accum": 64, "bf16": True},
+        "adapter": {"lr": 3e-4, "batch_size": 32, "grad_accum": 4, "reduction_factor": 128, "bf16": True},
+        "propetl-adapter": {"lr": 3e-4, "mask_lr": 3e-3, "sparsity": 0.7, "batch_size": 32, "grad_accum": 4, "bf16": False,
+                            "reduction_factor": 128, "task_masks": "task_or_layer", "task_temperature": 10}}},
+    "paper_xsum": {"model": "t5-base", "tasks": ["xsum"], "max_length": 512, "train": 3, "shared": {
+        "max_steps": 100000, "batch_size": 32, "eval_batch_size": 16, "eval_every": 5000, "warmup_ratio": 500 / 100000,
+        "weight_decay": 0.01, "label_smoothing": 0.1, "max_new_tokens": 64, "num_beams": 6, "bf16": False, "fp16": False}, "entries": {
+        "full": {"lr": 1e-4, "grad_accum": 2}, "adapter": {"lr": 1e-4, "reduction_factor": 8},
+        "propetl-adapter": {"lr": 1e-4, "mask_lr": 1e-3, "sparsity": 0.5, "reduction_factor": 1, "mask_weight_decay": 0.01}}},
+    "paper_wmt16": {"model": "t5-base", "tasks": ["wmt16-ro-en"], "max_length": 64, "train": 3, "shared": {
+        "batch_size": 64, "eval_batch_size": 32, "weight_decay": 0.01, "label_smoothing": 0.1, "max_new_tokens": 64,
+        "num_beams": 4, "bf16": False, "fp16": False}, "entries": {
+        "full": {"lr": 3e-4, "max_steps": 20000, "eval_every": 1000, "warmup_ratio": 500 / 20000},
+        "adapter": {"lr": 3e-4, "reduction_factor": 8, "max_steps": 60000, "eval_every": 5000, "warmup_ratio": 500 / 60000},
+        "propetl-adapter": {"lr": 3e-4, "mask_lr": 3e-3, "sparsity": 0.5, "reduction_factor": 1, "max_steps": 60000,
+                            "eval_every": 5000, "warmup_ratio": 500 / 60000, "mask_weight_decay": 0.01}}},
+}
+
+
+@pytest.mark.parametrize("name", T5_OFFICIAL)
+def test_the_t5_paper_studies_plan_with_the_official_values_on_every_job_command(workdir, name):
+    official = T5_OFFICIAL[name]
+    output = dry_run(workdir, "--configfile", f"workflow/configs/{name}.yaml")
+    counts = job_counts(output)
+    assert counts["train"] == expected_train_jobs(study(name)) == official["train"] and "tune" not in counts
+    assert {flag(argv, "--task"): flag(argv, "--max-length") for argv in commands(output, "prepare")} == dict.fromkeys(
+        official["tasks"], str(official["max_length"]))
+    assert {flag(argv, "--data-seed") for argv in commands(output, "prepare")} == {"42"}
+    planned = {}
+    for argv in commands(output, "train"):
+        args = parse_job(argv)
+        assert args.model == official["model"] and args.data_seed == 42 and args.seed == 42
+        for key, value in {**official["shared"], **official["entries"][args.label]}.items():
+            assert getattr(args, key) == pytest.approx(value) if isinstance(value, float) else getattr(args, key) == value, (args.label, key)
+        planned.setdefault(args.label, set()).add(args.task)
+    assert planned.keys() == official["entries"].keys()
+    assert planned["full"] == planned["adapter"] == set(official["tasks"])  # the dedicated baselines: one task per job
+
+
 def test_default_study_grid_sweeps_only_where_asked_and_never_duplicates_baselines(workdir):
     config = study("default")
     output = dry_run(workdir)
