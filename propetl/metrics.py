@@ -24,9 +24,19 @@ _CLASSIFICATION: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "f1": f1_score,
     "matthews_correlation": matthews_corrcoef,
 }
+def _correlation(statistic: Callable) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A correlation, 0 where it is undefined (constant predictions, as an untrained model's often are), as the
+    official T5 metrics score it (``propetl-t5/metrics/metrics.py:142-163``): NaN would leave no checkpoint to pick."""
+    def score(labels: np.ndarray, predictions: np.ndarray) -> float:
+        value = statistic(predictions, labels).statistic
+        return float(value) if np.isfinite(value) else 0.0
+
+    return score
+
+
 _REGRESSION: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "pearson": lambda y, p: pearsonr(p, y).statistic,
-    "spearmanr": lambda y, p: spearmanr(p, y).statistic,
+    "pearson": _correlation(pearsonr),
+    "spearmanr": _correlation(spearmanr),
 }
 _METRICS = {**_CLASSIFICATION, **_REGRESSION}
 METRICS = tuple(_METRICS)

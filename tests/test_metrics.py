@@ -93,3 +93,9 @@ def test_a_metric_the_task_type_cannot_score_is_refused_naming_the_allowed_ones(
         check_metric_names("generation", ["accuracy"])
     with pytest.raises(ValueError, match=r"not supported for a classification task; allowed: accuracy, f1, matthews_correlation"):
         check_metric_names("classification", ["bleu"])
+
+
+def test_a_correlation_with_constant_predictions_is_zero_not_nan():
+    """An untrained model often predicts one value; the official T5 metrics score that 0, and NaN would leave no checkpoint."""
+    scores = compute_metrics(["pearson", "spearmanr"], np.full(4, 2.5), np.array([0.0, 1.0, 2.0, 3.0]))
+    assert scores == {"pearson": 0.0, "spearmanr": 0.0, "combined_score": 0.0}

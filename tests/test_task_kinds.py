@@ -194,3 +194,17 @@ def test_a_generated_score_is_read_as_a_number_and_anything_else_as_minus_one():
     metrics = GENERATOR.metrics({"metrics": ["pearson"], "num_labels": 1, "label_names": [], "task_format": "text-to-text"}, tokenizer)
     prediction = type("P", (), {"predictions": ids(["1.0", "2.0", "oops"]), "label_ids": ids(["1.0", "2.0", "3.0"])})
     assert metrics(prediction)["pearson"] == pytest.approx(np.corrcoef([1.0, 2.0, -1.0], [1.0, 2.0, 3.0])[0, 1])
+
+
+def test_the_official_t5_glue_mix_with_a_regression_task_trains_one_network_end_to_end(tmp_path, monkeypatch):
+    """RTE (label words) and STS-B (a score written as text) on one tiny T5 with task_or_layer masks, as the paper's T5 study."""
+    monkeypatch.setenv("PROPETL_GLUE_DIR", str(Path(__file__).parent / "fixtures" / "glue"))
+    out = tmp_path / "run"
+    main(["train", "--model", "tiny-t5", "--task", "t5-glue-rte", "--task", "t5-glue-stsb", "--task-format", "text-to-text-no-prefix",
+          "--method", "propetl-adapter", "--task-masks", "task_or_layer", "--max-steps", "4", "--eval-every", "2",
+          "--batch-size", "4", "--max-new-tokens", "8", "--threads", "1", "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {"t5-glue-rte", "t5-glue-stsb"}
+    assert set(metrics["tasks"]["t5-glue-stsb"]["test"]) == {"pearson", "spearmanr", "combined_score"}
+    assert all(np.isfinite(task["val"]["combined_score"]) for task in metrics["tasks"].values())
+    assert metrics["storage"]["per_task"]["t5-glue-stsb"]["head_params"] == 0
