@@ -20,6 +20,7 @@ STUDY_CONFIGS = {  # every committed study config
     "budget": ROOT / "workflow/configs/budget.yaml",
     "multitask": ROOT / "workflow/configs/multitask.yaml",
     "decoder": ROOT / "workflow/configs/decoder.yaml",
+    "generation": ROOT / "workflow/configs/generation.yaml",
 }
 SENTIMENT_CSV = ROOT / "tests" / "fixtures" / "sentiment.csv"  # 240 rows whose label single words give away
 TOPIC_CSV = ROOT / "tests" / "fixtures" / "topic.csv"  # 150 rows, 3 topics (sport, tech, food) its words give away
