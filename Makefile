@@ -8,7 +8,7 @@ CORES ?= 2
 SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup test study ablation budget multitask decoder
+.PHONY: setup test study ablation budget multitask decoder generation
 
 setup: $(VENV)/.installed
 
@@ -31,7 +31,8 @@ study: setup
 	SNAKEMAKE=$(BIN)/snakemake workflow/scripts/snakemake-resumable --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG)) $(SNAKEMAKE_ARGS)
 
 # The mask / sharing ablation into results/ablation, the training-budget ladder into results/budget,
-# one network for several tasks into results/multitask, SmolLM2-135M into results/decoder.
+# one network for several tasks into results/multitask, SmolLM2-135M into results/decoder, SmolLM2-135M
+# generating (text-to-text classification and cedict) into results/generation.
 ablation:
 	$(MAKE) study CONFIG=workflow/configs/ablation.yaml
 budget:
@@ -40,3 +41,5 @@ multitask:
 	$(MAKE) study CONFIG=workflow/configs/multitask.yaml
 decoder:
 	$(MAKE) study CONFIG=workflow/configs/decoder.yaml
+generation:
+	$(MAKE) study CONFIG=workflow/configs/generation.yaml

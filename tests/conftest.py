@@ -24,6 +24,7 @@ STUDY_CONFIGS = {  # every committed study config
     "paper_t5_3b": ROOT / "workflow/configs/paper_t5_3b.yaml",
     "paper_xsum": ROOT / "workflow/configs/paper_xsum.yaml",
     "paper_wmt16": ROOT / "workflow/configs/paper_wmt16.yaml",
+    "generation": ROOT / "workflow/configs/generation.yaml",
 }
 SENTIMENT_CSV = ROOT / "tests" / "fixtures" / "sentiment.csv"  # 240 rows whose label single words give away
 TOPIC_CSV = ROOT / "tests" / "fixtures" / "topic.csv"  # 150 rows, 3 topics (sport, tech, food) its words give away

