@@ -198,9 +198,10 @@ def _check_splits(name: str, unit: str, frame: pd.DataFrame, label_column: str, 
 
 
 def _decode(path: Path, encoding: str) -> str:
-    """A text file's contents; UTF-8 also reads a byte-order mark, which must not become part of a column name."""
+    """A text file's contents less a byte-order mark (UTF-8's, or the one a spreadsheet's UTF-16 "Unicode text"
+    starts with), which must not become part of a column name."""
     try:
-        return path.read_bytes().decode("utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
+        return path.read_bytes().decode(encoding).removeprefix("\ufeff")
     except UnicodeDecodeError as error:
         raise TaskFileError(f"{path.name}: not {encoding} text (byte {error.object[error.start]:#04x} at offset "
                             f"{error.start}); pass the file's encoding as the task option encoding, e.g. latin-1") from None

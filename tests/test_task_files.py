@@ -167,6 +167,14 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
     assert read_task_file(_write(tmp_path, "data.jsonl", "\ufeff" + lines)).label_names == ("neg", "pos")
 
 
+def test_a_utf_16_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
+    """Found by the fuzzer: a spreadsheet's "Unicode text" (UTF-16 LE with a BOM), read with encoding utf-16-le."""
+    path = _write(tmp_path, "data.csv", ("\ufeff" + GOOD).encode("utf-16-le"))
+    assert read_task_file(path, encoding="utf-16-le").label_names == ("neg", "pos")
+    path = _write(tmp_path, "data.jsonl", ("\ufeff" + GENERATION).encode("utf-16-le"))
+    assert get_task_spec(str(path), encoding="utf-16-le", **GENERATE).rows["file"] == 20
+
+
 def test_an_unknown_encoding_is_named_for_every_text_format(tmp_path):
     for name in ("data.csv", "data.jsonl"):
         with pytest.raises(ValueError, match=r"^encoding='klingon' is not an encoding Python knows$"):

@@ -1,9 +1,14 @@
 """Task files under a fuzzer: every file trains on exactly the rows it holds, or is refused in one line naming it.
 
 The generator writes CSV, JSONL and parquet files for classification and regression (single
-texts and pairs, with or without a ``split`` column): valid ones with quoted newlines and
-commas, a byte-order mark, CRLF, unicode (U+2028 too), long texts, repeated rows and labels
-spelt as numbers several ways; and ones with a defect, each of which must be refused.
+texts and pairs) and for generation (a source and a target text, under the default or given
+column names), with or without a ``split`` column: valid ones with quoted newlines and commas,
+a byte-order mark, CRLF, UTF-16 read with the ``encoding`` option, unicode (U+2028 too), long
+texts, repeated rows, labels spelt as numbers several ways and a text given two labels (a
+source given two targets: dropped); ones with a defect, each of which must be refused (a blank,
+null or missing cell, a renamed column, a number as text or target, the wrong encoding, a
+ragged row, too few rows, repeats or sources with two targets that leave a split too small,
+...); and valid ones cut short, which train on the rows before the cut or are refused.
 The default run takes the seeded CI profile (a few hundred examples, well under a minute);
 ``pytest -m fuzz`` runs the nightly one, thousands of fresh examples.
 
@@ -32,7 +37,7 @@ from propetl.data import get_task_spec, load_task
 from propetl.task_files import MIN_SPLIT_ROWS, SPLITS
 
 ROOT = Path(__file__).resolve().parents[1]
-CI = settings(max_examples=400, derandomize=True, database=None, deadline=None,
+CI = settings(max_examples=500, derandomize=True, database=None, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 NIGHTLY = settings(CI, max_examples=5000, derandomize=False)
 
@@ -52,11 +57,16 @@ WORD_LABELS = st.lists(st.text(st.characters(categories=("L", "N", "P", "Zs")), 
                        min_size=2, max_size=3, unique_by=str.casefold)
 
 
+MISSING = object()  # a cell left out: a JSONL key not written, an empty CSV cell, a parquet null
+
+GENERATION_COLUMNS = [("source", "target"), ("document", "summary")]  # the defaults, and names given as options
+
+
 @dataclass(frozen=True)
 class Row:
     key: int  # rows with one key hold the same text(s)
-    texts: tuple[str, ...]
-    label: object  # as written to the file
+    texts: tuple[str, ...]  # a generation file's: its source
+    label: object  # as written to the file; a generation file's: its target text
     split: str | None = None
 
 
@@ -65,10 +75,10 @@ class Case:
     """A task file to write, the task options to read it with, and what must come of it."""
 
     fmt: str
-    columns: tuple[str, ...]  # text columns, then the label column, then "split" where rows say where they go
+    columns: tuple[str, ...]  # text columns (or source), then the label (or target) column, then "split" where rows say where
     rows: tuple[Row, ...]
     options: dict = field(default_factory=dict)
-    classes: tuple[str, ...] = ()  # the label names a classifier must end up with; () for regression
+    classes: tuple[str, ...] = ()  # the label names a classifier must end up with; () for regression and generation
     refusal: str | None = None  # a valid file trains; a defect must be refused with a message holding this
     exact: bool = True  # whether an accepted file must hold exactly ``rows`` (False: truncated, so fewer)
     bom: bool = False
@@ -79,8 +89,20 @@ class Case:
     quote_all: bool = False
 
     @property
+    def generation(self) -> bool:
+        return self.options.get("task_type") == "generation"
+
+    @property
     def regression(self) -> bool:
-        return not self.classes
+        return not self.classes and not self.generation
+
+    @property
+    def kind(self) -> str:
+        return "generation" if self.generation else "regression" if self.regression else "classification"
+
+    @property
+    def label_column(self) -> str:
+        return self.columns[len(self.rows[0].texts)]
 
     @property
     def with_split(self) -> bool:
@@ -90,19 +112,34 @@ class Case:
 # ---------------------------------------------------------------- valid files
 
 
+def _another_target(row: Row) -> str:
+    """A target that differs from the row's however it is stripped: its source now has two targets."""
+    return f"{row.label} (or so)"
+
+
 @st.composite
 def valid_cases(draw) -> Case:
-    """A file that satisfies every rule: at least 15 distinct texts (or 2 per given split), classes dealt in turn."""
+    """A file that satisfies every rule: at least 15 distinct texts (or 2 per given split), classes dealt in turn,
+    or (generation) a target text per source."""
     fmt = draw(st.sampled_from(["csv", "jsonl", "parquet"]))
-    pair = draw(st.booleans())
+    kind = draw(st.sampled_from(["classification", "regression", "generation"]))
+    regression, generation = kind == "regression", kind == "generation"
+    pair = not generation and draw(st.booleans())
     with_split = draw(st.booleans())
-    regression = draw(st.booleans())
     if with_split:
         splits = [s for s, low, high in (("train", 3, 20), ("validation", 2, 6), ("test", 2, 6))
                   for _ in range(draw(st.integers(low, high)))]
     else:
         splits = [None] * draw(st.integers(15, 60))
-    if regression:
+    long = draw(st.sets(st.integers(0, len(splits) - 1), max_size=2))
+    if generation:  # any text, never blank; distinct sources may share a target
+        labels = [draw(TEXT) * (200 if i in long else 1) + draw(st.sampled_from(".!é")) + draw(TEXT) for i in range(len(splits))]
+        classes = ()
+        source_column, target_column = draw(st.sampled_from(GENERATION_COLUMNS))
+        options = {"task_type": "generation"}
+        if (source_column, target_column) != GENERATION_COLUMNS[0] or draw(st.booleans()):
+            options |= {"source_column": source_column, "target_column": target_column}
+    elif regression:
         numbers = draw(st.lists(st.floats(-5, 5, allow_nan=False), min_size=len(splits), max_size=len(splits)))
         labels = [x + 0.5 if x.is_integer() else x for x in numbers]  # never all integers: inferred as scores
         classes, options = (), {"task_type": "regression"} if draw(st.booleans()) else {}
@@ -122,7 +159,6 @@ def valid_cases(draw) -> Case:
                 return classes[i % len(classes)]
         labels = [spell(i) for i in range(len(splits))]
         options = {}
-    long = draw(st.sets(st.integers(0, len(splits) - 1), max_size=2))
     rows = []
     for i, (split, label) in enumerate(zip(splits, labels)):
         texts = tuple(draw(TEXT) * (200 if i in long else 1) + f"#{i}" for _ in range(2 if pair else 1))
@@ -131,16 +167,22 @@ def valid_cases(draw) -> Case:
         rows.insert(draw(st.integers(0, len(rows))), original)
     if not with_split and len(splits) >= 24 and draw(st.booleans()):  # a text with two labels: dropped, 23 remain
         original = draw(st.sampled_from(rows))
-        other = original.label + 1 if regression else spell(original.key + 1)
+        other = original.label + 1 if regression else _another_target(original) if generation else spell(original.key + 1)
         rows.insert(draw(st.integers(0, len(rows))), replace(original, label=other))
-    text_columns = ("premise", "hypothesis") if pair else ("text",)
-    if pair or draw(st.booleans()):
-        options["text_columns"] = list(text_columns)
-    label_column = draw(st.sampled_from(["label", "score" if regression else "sentiment"]))
-    if label_column != "label":
-        options["label_column"] = label_column
+    if generation:
+        text_columns, label_column = (source_column,), target_column
+    else:
+        text_columns = ("premise", "hypothesis") if pair else ("text",)
+        if pair or draw(st.booleans()):
+            options["text_columns"] = list(text_columns)
+        label_column = draw(st.sampled_from(["label", "score" if regression else "sentiment"]))
+        if label_column != "label":
+            options["label_column"] = label_column
     columns = (*text_columns, label_column, *(["split"] if with_split else []))
-    return Case(fmt, columns, tuple(rows), options, classes,
+    encoding = "utf-8" if fmt == "parquet" else draw(st.sampled_from(["utf-8", "utf-8", "utf-16-le"]))  # a spreadsheet's
+    if encoding != "utf-8":  # "Unicode text", read with the task option encoding
+        options["encoding"] = encoding
+    return Case(fmt, columns, tuple(rows), options, classes, encoding=encoding,
                 bom=fmt != "parquet" and draw(st.booleans()),
                 newline=draw(st.sampled_from(["\n", "\r\n"])) if fmt != "parquet" else "\n",
                 quote_all=draw(st.booleans()))
@@ -166,20 +208,22 @@ def defective_cases(draw) -> Case:
     """A valid file given one defect that no run may train on, and the words its refusal must hold."""
     case = draw(valid_cases())
     rows, has_split = case.rows, case.with_split
-    words = isinstance(rows[0].label, str) and not _reads_as_number(rows[0].label)
-    defects = ["too few rows", "duplicates collapse the splits", "null cell", "blank cell"]
+    words = bool(case.classes) and not _reads_as_number(rows[0].label)
+    defects = ["too few rows", "duplicates collapse the splits", "null cell", "blank cell", "column renamed"]
     defects += ["unknown split"] if has_split else []
-    defects += ["wrong encoding"] if case.fmt != "parquet" else []
+    defects += ["wrong encoding"] if case.fmt != "parquet" and "encoding" not in case.options else []
     defects += ["ragged row"] if case.fmt == "csv" else []
-    defects += ["mixed label types"] if case.fmt != "parquet" else []  # pyarrow writes one type per column
+    defects += ["mixed label types"] if case.fmt != "parquet" and not case.generation else []  # pyarrow: one type a column
     defects += ["text is not a string"] if case.fmt == "jsonl" else []
+    defects += ["target is not a string"] if case.fmt != "csv" and case.generation else []  # in CSV "5" is a text
+    defects += ["sources given two targets collapse the splits"] if case.generation and not has_split else []
     defects += ["label spelt two ways", "one class"] if words else []
     defects += ["label unseen in train"] if words and has_split else []
     defect = draw(st.sampled_from(defects))
     index = draw(st.integers(0, len(rows) - 1))
     if defect == "too few rows":
         if has_split:  # one split of a single row (nothing else repeats its text); train keeps every class
-            short = draw(st.sampled_from(SPLITS if case.regression else SPLITS[1:]))
+            short = draw(st.sampled_from(SPLITS[1:] if case.classes else SPLITS))
             kept = [r for r in rows if r.split == short][:1]
             rows = tuple(r for r in rows if r.split != short and r.key not in {k.key for k in kept}) + tuple(kept)
         else:
@@ -193,8 +237,12 @@ def defective_cases(draw) -> Case:
         few = [r for r in rows if r.key in sorted({r.key for r in rows})[:draw(st.integers(2, 14))]]
         many = tuple(few[i % len(few)] for i in range(draw(st.integers(15, 60))))
         return replace(case, rows=many, refusal="duplicate rows); every split needs")
+    if defect == "sources given two targets collapse the splits":  # 2 to 14 sources keep one target, the rest two
+        consistent = sorted({r.key for r in rows})[:draw(st.integers(2, 14))]
+        return replace(case, rows=rows + tuple(replace(r, label=_another_target(r)) for r in rows if r.key not in consistent),
+                       refusal="duplicate rows); every split needs")
     if defect in ("null cell", "blank cell"):
-        blank = None if defect == "null cell" else draw(st.sampled_from(["", " ", "\t"]))
+        blank = draw(st.sampled_from([None, MISSING])) if defect == "null cell" else draw(st.sampled_from(["", " ", "\t"]))
         string_label = case.fmt != "parquet" or isinstance(rows[0].label, str)  # pyarrow: no "" among numbers
         column = draw(st.sampled_from(["text", *(["label"] if blank is None or string_label else []),
                                        *(["split"] if has_split else [])]))
@@ -203,8 +251,13 @@ def defective_cases(draw) -> Case:
             texts[draw(st.integers(0, len(texts) - 1))] = blank
             return replace(_with(case, index, texts=tuple(texts)), refusal="empty or missing text")
         if column == "label":
-            return replace(_with(case, index, label=blank), refusal="no label")
+            return replace(_with(case, index, label=blank), refusal=f"empty or missing text in column '{case.label_column}'"
+                           if case.generation else "no label")
         return replace(_with(case, index, split=blank), refusal="in column 'split'")
+    if defect == "column renamed":  # or missing: the file lacks a column the task options name
+        renamed = draw(st.integers(0, case.columns.index(case.label_column)))
+        columns = tuple(f"{c} " if i == renamed else c for i, c in enumerate(case.columns))
+        return replace(case, columns=columns, refusal=f"columns ['{case.columns[renamed]}'] not found")
     if defect == "unknown split":
         return replace(_with(case, index, split=draw(st.sampled_from(["dev", "Train", " test", "valid"]))),
                        refusal="in column 'split'")
@@ -220,6 +273,11 @@ def defective_cases(draw) -> Case:
     if defect == "text is not a string":
         texts = (draw(st.integers() | st.floats(allow_nan=False) | st.booleans()), *rows[index].texts[1:])
         return replace(_with(case, index, texts=texts), refusal=f"in column '{case.columns[0]}' is a")
+    if defect == "target is not a string":  # a parquet column holds one type: every target a number there
+        number = st.integers() | st.floats(allow_nan=False) | st.booleans()
+        rows = (tuple(replace(r, label=i) for i, r in enumerate(rows)) if case.fmt == "parquet"
+                else _with(case, index, label=draw(number)).rows)
+        return replace(case, rows=rows, refusal=f"in column '{case.label_column}' is a")
     if defect == "label spelt two ways":
         variant = _spelt_apart(rows[index].label, draw)
         return replace(_with(case, index, label=variant), refusal="only")
@@ -248,7 +306,7 @@ TASK_FILES = valid_cases() | defective_cases() | truncated_cases()
 def write(case: Case, folder: Path) -> Path:
     path = folder / f"task-data.{case.fmt}"
     header = list(case.columns)
-    records = [dict(zip(header, [*row.texts, row.label, row.split])) for row in case.rows]
+    records = [{c: v for c, v in zip(header, [*row.texts, row.label, row.split]) if v is not MISSING} for row in case.rows]
     if case.fmt == "parquet":
         pd.DataFrame(records, columns=header).to_parquet(path)
         data = path.read_bytes()
@@ -258,7 +316,7 @@ def write(case: Case, folder: Path) -> Path:
             # a lone "\r" must be quoted, which the csv module does only when the line ends in one
             quote_all = case.quote_all or (case.newline == "\n" and any("\r" in str(v) for r in records for v in r.values()))
             writer = csv.writer(out, lineterminator=case.newline, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)
-            writer.writerows([header, *([("" if v is None else v) for v in record.values()] for record in records)])
+            writer.writerows([header, *([("" if record.get(c) is None else record[c]) for c in header] for record in records)])
             text = out.getvalue() + (",".join(["extra"] * (len(header) + 1)) + case.newline if case.ragged else "")
         else:
             text = "".join(json.dumps(r, ensure_ascii=False) + case.newline for r in records)
@@ -273,13 +331,17 @@ def write(case: Case, folder: Path) -> Path:
 
 
 def label_of(case: Case, row: Row) -> float | str:
-    """The label a row must train with: a score, or the name of its class (``1.0`` and `` 1`` are class ``1``)."""
+    """The label a row must train with: a score, the name of its class (``1.0`` and `` 1`` are class ``1``),
+    or its target text, stripped as its source is."""
+    if case.generation:
+        return row.label.strip()
     return float(row.label) if case.regression else str(row.label).strip().removesuffix(".0")
 
 
 def expected_rows(case: Case) -> dict[str, int]:
     """The rules' counts: without a split column one row per text, 10% each to validation and test, and a
-    text with two labels dropped; with one, a text's rows stay only in the last split that holds it."""
+    text with two labels (a source with two targets) dropped; with one, a text's rows stay only in the last
+    split that holds it."""
     if not case.with_split:
         labels = {}
         for row in case.rows:
@@ -313,16 +375,16 @@ def check(case: Case) -> None:
             assert _is_one_line_naming(message, path), message
             assert case.refusal is None or case.refusal in message, message
             assert case.refusal is not None or not case.exact, f"a valid file was refused: {message}"
-            event(f"{case.fmt}: refused")
+            event(f"{case.kind} {case.fmt}: refused")
             return
-    event(f"{case.fmt}: trained{'' if case.exact else ' (truncated)'}")
+    event(f"{case.kind} {case.fmt}: trained{'' if case.exact else ' (truncated)'}")
     assert case.refusal is None, f"a file with a defect was accepted ({case.refusal!r} expected)"
     rows = spec.rows
     sizes = {split: len(dsdict[split]) for split in SPLITS}
     assert sizes == {split: rows[split] for split in SPLITS}
     assert rows["file"] == rows["duplicates_dropped"] + sum(sizes.values())
     assert min(sizes.values()) >= MIN_SPLIT_ROWS
-    if not spec.is_regression:
+    if spec.task_type == "classification":
         assert set(dsdict["train"]["label"]) == set(range(spec.num_labels))
     if not case.exact:
         assert rows["file"] <= len(case.rows)
@@ -332,8 +394,10 @@ def check(case: Case) -> None:
     written = {tuple(t.strip() for t in r.texts): label_of(case, r) for r in case.rows}
     for split in SPLITS:
         for row in dsdict[split]:
-            label = pytest.approx(row["label"], rel=1e-6) if case.regression else spec.label_names[row["label"]]
-            assert written[tuple(row[c] for c in ("text_a", "text_b") if c in row)] == label
+            answer = row[spec.answer]
+            label = (answer if case.generation else pytest.approx(answer, rel=1e-6) if case.regression
+                     else spec.label_names[answer])
+            assert written[tuple(row[c] for c in spec.columns)] == label
 
 
 @CI
