@@ -1,5 +1,6 @@
 """Side-by-side step times of every method in ONE process, reported as ratios to `adapter`, and each
-method's peak memory.
+method's peak memory. Training steps are timed in rounds (each round one step of every method in
+turn, the median over rounds), so a slow spell of the machine costs every method alike.
 
 Timing assertions do not belong in tests (machines differ); ratios measured in one run on one
 machine do. Besides the methods, two reference rows:
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +46,25 @@ from propetl.backbones import load_model
 
 REFERENCES = ("floor", "prefix-floor", "peft-lora")
 FLOORS = {"floor": "floor", "prefix-floor": "prefix-floor"}
+
+
+def _time_in_rounds(steps: dict[tuple[str, str], Callable[[], None]], warmup: int, repeats: int) -> dict[tuple[str, str], float]:
+    """Median seconds of each step over ``repeats`` rounds, each round running every step once in turn.
+
+    Timing the methods one after the other let a slow spell of the machine land on a few of them
+    (two runs minutes apart put the same method at 0.95x and 1.16x of its reference); in rounds a
+    slow spell costs every method alike, and the median drops the spell's rounds.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    for _ in range(repeats):
+        for key, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def _time(step: Callable[[], None], warmup: int, repeats: int) -> float:
@@ -115,20 +136,20 @@ def train_step(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, dtype
 
 def measure(model_name: str, names: tuple[str, ...], batch: int, length: int, warmup: int, repeats: int) -> pd.DataFrame:
     labels = torch.randint(0, 2, (batch,), generator=torch.Generator().manual_seed(1))
-    rows = []
-    for name in names:
-        model = build(name, model_name).train()
-        inputs = _inputs(model, batch, length, floor=name in FLOORS)
-        for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-            rows.append({"method": name, "what": f"train step {precision}",
-                         "seconds": _time(train_step(model, inputs, labels, dtype), warmup, repeats)})
+    models = {name: build(name, model_name).train() for name in names}
+    inputs = {name: _inputs(model, batch, length, floor=name in FLOORS) for name, model in models.items()}
+    steps = {(name, f"train step {precision}"): train_step(model, inputs[name], labels, dtype)
+             for name, model in models.items() for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16))}
+    rows = [{"method": name, "what": what, "seconds": seconds}
+            for (name, what), seconds in _time_in_rounds(steps, warmup, repeats).items()]
+    for name, model in models.items():
         if name in REFERENCES:
             continue
         model.eval()
 
         def infer() -> None:
             with torch.inference_mode():
-                model(**inputs)
+                model(**inputs[name])
 
         rows.append({"method": name, "what": "inference", "seconds": _time(infer, warmup, repeats)})
         merge_masks(model)
