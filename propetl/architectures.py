@@ -195,7 +195,7 @@ def role_targets(model: PreTrainedModel, role: str) -> list[Target]:
             width = None
             if role in ("attention", "cross_attention"):
                 key = next(p for p in stack.key if p.path.startswith(entry + "."))
-                width = projection_shape(Target("", layer.get_submodule(key.path), key.part, key.parts))[1]
+                width = projection_shape(layer.get_submodule(key.path), key.parts)[1]
             targets.append(Target(f"{path}.{entry}", layer.get_submodule(entry), width=width))
     return targets
 
@@ -212,14 +212,13 @@ def named_targets(model: PreTrainedModel, name: str) -> list[Target]:
             for sub, module in layer.named_modules() if sub.rsplit(".", 1)[-1] == name and _is_projection(module)]
 
 
-def projection_shape(target: Target) -> tuple[int, int]:
-    """``(in_features, out_features)`` of a target, its slice's width for a fused projection."""
-    module = target.module
+def projection_shape(module: nn.Module, parts: int = 1) -> tuple[int, int]:
+    """``(in_features, out_features)`` of a projection, one slice's width where it fuses ``parts`` (GPT-2's q, k, v)."""
     if isinstance(module, Conv1D):  # GPT-2: weight [in, out]
         fan_in, fan_out = module.weight.shape
     else:
         fan_out, fan_in = module.weight.shape
-    return fan_in, fan_out // target.parts
+    return fan_in, fan_out // parts
 
 
 def output_width(module: nn.Module) -> int:
@@ -229,18 +228,16 @@ def output_width(module: nn.Module) -> int:
     if isinstance(weight, torch.Tensor) and weight.dim() == 1:
         return weight.shape[0]
     last = [m for m in module.modules() if _is_projection(m)][-1]
-    return projection_shape(Target("", last))[1]
+    return projection_shape(last)[1]
 
 
 def head_paths(model: PreTrainedModel) -> list[str]:
     """The task head's module paths that exist in this model."""
-    paths = [path.format(base=model.base_model_prefix) for path in family_of(model).heads]
     found = []
-    for path in paths:
+    for path in (path.format(base=model.base_model_prefix) for path in family_of(model).heads):
         try:
-            module = model.get_submodule(path)
+            model.get_submodule(path)  # raises for a missing one (RoBERTa's pooler is None: not a module)
         except AttributeError:
             continue
-        if module is not None:
-            found.append(path)
+        found.append(path)
     return found

@@ -24,7 +24,7 @@ import json
 import os
 import string
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,12 +168,7 @@ def load_model(model: str, num_labels: int, regression: bool = False, *, seed: i
             "problem_type": "regression" if regression else "single_label_classification"}
     if model in _TINY:
         return tiny_classifier(model, num_labels, regression=regression, seed=seed)
-    name, options = _pretrained(model, revision)
-    # The embedded checkpoints are bare bodies: a missing classifier is expected, so skip the report.
-    quiet = _quiet_transformers() if model in EMBEDDED else contextlib.nullcontext()
-    with _seeded(seed), quiet:
-        config = AutoConfig.from_pretrained(name, **options)
-        loaded = AutoModelForSequenceClassification.from_pretrained(name, **options, attn_implementation=_attention(config), **head)
+    loaded = _from_pretrained(model, revision, seed, lambda config: AutoModelForSequenceClassification, **head)
     if loaded.config.pad_token_id is None:
         loaded.config.pad_token_id = load_tokenizer(model, revision).pad_token_id
     return loaded
@@ -245,10 +240,7 @@ def load_generator(model: str, *, seed: int = 0, revision: str | None = None) ->
     """
     if model in _TINY:
         return tiny_generator(model, seed=seed)
-    name, options = _pretrained(model, revision)
-    config = AutoConfig.from_pretrained(name, **options)
-    with _seeded(seed), (_quiet_transformers() if model in EMBEDDED else contextlib.nullcontext()):
-        loaded = _generator_class(config).from_pretrained(name, **options, attn_implementation=_attention(config))
+    loaded = _from_pretrained(model, revision, seed, _generator_class)
     if loaded.generation_config.pad_token_id is None:
         loaded.generation_config.pad_token_id = load_tokenizer(model, revision).pad_token_id
     return loaded
@@ -262,6 +254,18 @@ def generator_kind(model: str, revision: str | None = None) -> str | None:
         name, options = _pretrained(model, revision)
         model_type = AutoConfig.from_pretrained(name, **options).model_type
     return family_named(model_type, f" ({model})").lm
+
+
+def _from_pretrained(model: str, revision: str | None, seed: int, auto: Callable[[PretrainedConfig], type], **kwargs) -> PreTrainedModel:
+    """A pretrained model of the class ``auto`` picks for its config, new weights seeded by ``seed``, SDPA where it has it.
+
+    The embedded checkpoints are bare bodies: a missing head is expected, so the load report is skipped.
+    """
+    name, options = _pretrained(model, revision)
+    quiet = _quiet_transformers() if model in EMBEDDED else contextlib.nullcontext()
+    with _seeded(seed), quiet:
+        config = AutoConfig.from_pretrained(name, **options)
+        return auto(config).from_pretrained(name, **options, attn_implementation=_attention(config), **kwargs)
 
 
 def _generator_class(config: PretrainedConfig) -> type:

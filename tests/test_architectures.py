@@ -73,7 +73,7 @@ def test_stored_floats_and_mask_entries_equal_arithmetic_from_module_shapes(fami
     floats = entries = 0
     for name in family_of(model).lora_targets:
         targets = named_targets(model, name)
-        fan_in, fan_out = projection_shape(targets[0])
+        fan_in, fan_out = projection_shape(targets[0].module, targets[0].parts)
         floats += r * (fan_in + fan_out)  # one prototype per target...
         entries += len(targets) * r * (fan_in + fan_out)  # ...a mask per module it acts on, in every stack
     report = storage_report(apply_petl(_model(family), PETLConfig(method="propetl-lora", lora_r=r)))

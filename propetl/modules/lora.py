@@ -57,7 +57,7 @@ def _sites(config: PETLConfig, model: PreTrainedModel) -> dict[str, list[Target]
         if not targets:
             raise ValueError(f"lora target {name!r} matches no linear layer of {model.config.model_type}; "
                              f"give a role (query, key, value) or a module name such as {', '.join(family_of(model).lora_targets)}")
-        shapes = {projection_shape(t) for t in targets}
+        shapes = {projection_shape(t.module, t.parts) for t in targets}
         if len(shapes) > 1:
             raise ValueError(f"lora target {name!r} matches layers of different shapes {sorted(shapes)} in {model.config.model_type}; "
                              "one prototype needs one shape: name the modules more precisely")
@@ -66,7 +66,7 @@ def _sites(config: PETLConfig, model: PreTrainedModel) -> dict[str, list[Target]
 
 
 def _prototype(config: PETLConfig, target: Target, copies: int) -> Prototype:
-    fan_in, fan_out = projection_shape(target)
+    fan_in, fan_out = projection_shape(target.module, target.parts)
     return Prototype(
         shapes={"A": (config.lora_r, fan_in), "B": (fan_out, config.lora_r)},
         inits={"A": lambda t: nn.init.kaiming_uniform_(t, a=math.sqrt(5)), "B": nn.init.zeros_},
