@@ -11,10 +11,11 @@ machine do. Besides the methods, two reference rows:
 * ``prefix-floor``: the same frozen backbone attending over as many extra key/value positions as
   the prefix methods add (their prefixes, frozen): what attending over longer keys costs by itself,
   so a prefix method's ``ratio_to_prefix_floor`` is what its module adds;
-* ``peft-lora``: PEFT's LoRA with our LoRA's settings (r 32, alpha 48, the family's default targets),
-  the independent implementation of the same computation.
+The methods include the competitors through PEFT (``propetl.peft_methods``), among them ``peft-lora``:
+PEFT's LoRA with our LoRA's settings, the independent implementation of the same computation.
 
-Methods a backbone does not support (BitFit without biases, prefixes on DeBERTa) have no rows.
+Methods a backbone does not support (BitFit without biases, prefixes on DeBERTa, a PEFT method without
+default targets for the family; ``peft``, which needs a type) have no rows.
 
 Peak memory: each method trains in a fresh subprocess that reports the peak resident set of
 three training steps after a first one (CPU, Linux: the high-water mark reset through
@@ -41,10 +42,9 @@ import torch
 
 from propetl import METHODS, PETLConfig, apply_petl, merge_masks
 from propetl.atomic import write_text
-from propetl.architectures import family_of, head_paths
 from propetl.backbones import load_model
 
-REFERENCES = ("floor", "prefix-floor", "peft-lora")
+REFERENCES = ("floor", "prefix-floor")
 FLOORS = {"floor": "floor", "prefix-floor": "prefix-floor"}
 
 
@@ -77,7 +77,7 @@ def _time(step: Callable[[], None], warmup: int, repeats: int) -> float:
 
 
 def build(name: str, model_name: str) -> torch.nn.Module:
-    """A method's model, or a reference: ``floor`` (everything frozen) or ``peft-lora``."""
+    """A method's model, or a reference: ``floor`` (everything frozen) or ``prefix-floor``."""
     torch.manual_seed(0)
     model = load_model(model_name, 2)
     if name == "floor":
@@ -85,11 +85,6 @@ def build(name: str, model_name: str) -> torch.nn.Module:
     if name == "prefix-floor":
         model = merge_masks(apply_petl(model, PETLConfig(method="prefix")))
         return model.requires_grad_(False)
-    if name == "peft-lora":
-        from peft import LoraConfig, get_peft_model
-
-        return get_peft_model(model, LoraConfig(r=32, lora_alpha=48, lora_dropout=0.0, target_modules=list(family_of(model).lora_targets),
-                                                modules_to_save=[path.rsplit(".", 1)[-1] for path in head_paths(model)]))
     return apply_petl(model, PETLConfig(method=name))
 
 

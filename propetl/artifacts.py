@@ -9,6 +9,9 @@ save/load path so that several tasks can later share one prototype file:
   smaller, Golomb-Rice coded (:mod:`propetl.mask_coding`; ``mask_coding`` in the config says which);
 * ``head.safetensors``: the task head;
 
+plus, for PEFT's methods (:mod:`propetl.peft_methods`), ``peft/``: PEFT's own ``save_pretrained`` files
+(``prototype.safetensors`` and ``masks.safetensors`` are then empty);
+
 plus ``petl_config.json`` naming the method, its hyperparameters, the backbone
 id/revision and every tensor's shape. No backbone weights, no mask scores.
 
@@ -32,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
+from . import peft_methods
 from .atomic import atomic_dir
 from .config import PETLConfig
 from .mask_coding import decode, encode
@@ -167,6 +171,8 @@ def save_petl(model: PreTrainedModel, directory: str | os.PathLike, backbone: di
             save_head(model, staging / TASKS_DIR / task / HEAD_FILE, task)
         if not tasks_of(model):
             save_head(model, staging / HEAD_FILE)
+        if petl_config_of(model).is_peft:
+            peft_methods.save(model, staging / peft_methods.PEFT_DIR)
         (staging / CONFIG_FILE).write_text(json.dumps(_describe(model, backbone, Path(directory), coded), indent=2))
     return Path(directory)
 
@@ -321,4 +327,6 @@ def load_petl(backbone: PreTrainedModel, directory: str | os.PathLike, task: str
     load_prototype(model, source)
     load_mask_bits(model, task_view(masks, task, config.task_masks) if tasks else masks)
     load_head(model, head_file)
+    if config.is_peft:
+        peft_methods.load(model, directory / peft_methods.PEFT_DIR)
     return model.eval()

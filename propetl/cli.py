@@ -38,10 +38,25 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] 
             else:  # a list of names: --text-columns premise hypothesis, --metrics bleu chrf
                 parser.add_argument(*flags, dest=f.name, nargs="+", default=None, help=f.metadata["help"])
             continue
+        if dict in {typing.get_origin(arg) for arg in typing.get_args(hints[f.name])}:  # --peft_args '{"r": 1024}'
+            flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+            parser.add_argument(*flags, dest=f.name, type=_json_mapping, default=None, help=f.metadata["help"])
+            continue
         resolved = copy.copy(f)  # the config module uses postponed annotations: give the parser real types
         # an unset (None) flag such as --bf16 still reads as a switch: bare, or with true/false
         resolved.type = bool if hints[f.name] == bool | None else hints[f.name]
         HfArgumentParser._parse_dataclass_field(parser, resolved)
+
+
+def _json_mapping(text: str) -> dict:
+    """A JSON object given on the command line (argparse turns the ValueError into a one-line usage error)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(text)
+    return value
 
 
 def _configs(args: argparse.Namespace):

@@ -51,6 +51,9 @@ class Method:
     paper: dict[str, Any]
     """Official lr (ProPETL methods: also mask_lr and sparsity), see PAPER_DEFAULTS."""
     help: str
+    peft: tuple[str, dict[str, Any]] | None = None
+    """PEFT's config type and our defaults of its arguments: the method is PEFT's own code
+    (:mod:`propetl.peft_methods`), never re-implemented here. None: our implementation."""
 
 
 # The official scripts' settings (ChaosCodes/ProPETL, propetl-roberta/scripts/run_{adapter,lora,
@@ -70,9 +73,23 @@ REGISTRY: dict[str, Method] = {
     "prefix": Method("prefix", False, {"lr": 1e-4}, "prefix-tuning: key/value vectors per layer"),
     "propetl-prefix": Method("prefix", True, {"lr": 1e-4, "mask_lr": 1e-4, "sparsity": 0.9},
                              "one prefix prototype, a learned mask per layer"),
+    # The competitors, through PEFT (docs/fidelity.md cites every default). Their lr is a starting point,
+    # not a published value: the studies tune every method alike. peft-lora and dora take our LoRA's
+    # lora_r / lora_alpha / lora_dropout / lora_targets, so that they adapt exactly what `lora` adapts.
+    "peft-lora": Method(None, False, {"lr": 1e-4}, "PEFT's LoRA with our lora's settings (a cross-check of ours)", ("LORA", {})),
+    "dora": Method(None, False, {"lr": 1e-4}, "DoRA through PEFT: LoRA plus a learned magnitude per output", ("LORA", {"use_dora": True})),
+    "vera": Method(None, False, {"lr": 1e-3}, "VeRA through PEFT: frozen random matrices shared by all layers, scaling vectors per layer",
+                   ("VERA", {"r": 256, "d_initial": 0.1, "projection_prng_key": 0, "save_projection": True})),
+    "vb-lora": Method(None, False, {"lr": 1e-3}, "VB-LoRA through PEFT: one vector bank for all layers, each layer mixes its top-k",
+                      ("VBLORA", {"r": 4, "num_vectors": 256, "topk": 2})),
+    "fourierft": Method(None, False, {"lr": 1e-3}, "FourierFT through PEFT: a few spectral coefficients per layer",
+                        ("FOURIERFT", {"n_frequency": 1000, "scaling": 150.0, "random_loc_seed": 777})),
+    "ia3": Method(None, False, {"lr": 1e-3}, "(IA)3 through PEFT: one learned vector per adapted projection", ("IA3", {})),
+    "peft": Method(None, False, {"lr": 1e-4}, "any other PEFT method: give peft_type (e.g. BOFT) and its peft_args", ("", {})),
 }
 METHODS = tuple(REGISTRY)
 PROPETL_METHODS = tuple(name for name, method in REGISTRY.items() if method.propetl)
+PEFT_METHODS = tuple(name for name, method in REGISTRY.items() if method.peft is not None)
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {name: method.paper for name, method in REGISTRY.items()}
 # The official scripts' optimisation setting, shared by the three methods (run_*.sh: --fp16
 # --max_seq_length 128 --per_device_train_batch_size 128 --warmup_ratio 0.1 --weight_decay 0.1
@@ -189,6 +206,9 @@ class PETLConfig:
     prefix_mid_dim: int = _opt(512, "hidden size of the prefix reparameterisation MLP")
     task_masks: str = _opt("per_layer", "several --task (ProPETL, learned masks): per_layer (a mask per task and layer) | "
                                         "task_or_layer / task_and_layer (a task mask for all layers OR / AND a mask per layer)")
+    peft_type: str | None = _opt(None, "method peft: PEFT's config type (BOFT, HRA, LOKR, ...; prompt-learning types are not supported)")
+    peft_args: dict[str, Any] | None = _opt(None, "PEFT methods: arguments of PEFT's config, on top of the method's defaults "
+                                                  "(JSON on the command line, e.g. '{\"r\": 1024}')")
 
     def __post_init__(self) -> None:
         check_allowed("method", self.method, METHODS)
@@ -212,6 +232,17 @@ class PETLConfig:
                     raise ValueError(
                         f"{name}={getattr(self, name)!r} given for method {self.method!r}; only {', '.join(PROPETL_METHODS)} take a {name}"
                     )
+        if self.method == "peft":
+            if not isinstance(self.peft_type, str) or not self.peft_type:
+                raise ValueError("method 'peft' needs peft_type, the name of a PEFT config type such as BOFT or LOKR")
+        elif self.peft_type is not None:
+            raise ValueError(f"peft_type={self.peft_type!r} given for method {self.method!r}; only method 'peft' takes a peft_type")
+        if self.peft_args is not None:
+            if self.method not in PEFT_METHODS:
+                raise ValueError(f"peft_args given for method {self.method!r}; only the PEFT methods ({', '.join(PEFT_METHODS)}) take them")
+            if not isinstance(self.peft_args, dict) or not all(isinstance(k, str) for k in self.peft_args):
+                raise ValueError(f"peft_args={self.peft_args!r} must be a mapping of PEFT config argument names to values")
+            self.peft_args = dict(self.peft_args)
         for name in ("reduction_factor", "lora_r", "prefix_length", "prefix_mid_dim"):
             _whole(name, getattr(self, name))
         if not self.lora_alpha > 0:
@@ -227,6 +258,11 @@ class PETLConfig:
     @property
     def is_propetl(self) -> bool:
         return self.method in PROPETL_METHODS
+
+    @property
+    def is_peft(self) -> bool:
+        """The method is PEFT's own code (:mod:`propetl.peft_methods`)."""
+        return self.method in PEFT_METHODS
 
     @property
     def module_kind(self) -> str | None:

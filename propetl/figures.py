@@ -27,7 +27,7 @@ from propetl.tables import (HEADLINE, budget_gaps, cell_summary, collect_runs, h
                             storage_by_tasks)
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
-MEAN, STD = f"{HEADLINE}_mean", f"{HEADLINE}_std"
+MEAN, STD, CI = f"{HEADLINE}_mean", f"{HEADLINE}_std", f"{HEADLINE}_ci95"
 SCORE_LABEL = "test combined score (%)"
 
 
@@ -87,26 +87,27 @@ def _figure_legend(fig: Figure, axes: Sequence) -> None:
 
 
 def plot_score_vs_storage(cells: pd.DataFrame) -> Figure:
-    """Per task: score against stored parameters (log x), mean ± std over seeds, with the Pareto front."""
+    """Per task: score against the minimum a task stores (log x; :data:`propetl.tables.MIN_COL`), mean ± 95% confidence
+    interval over seeds, with the Pareto front."""
     tasks = sorted(cells["task"].unique())
     marker = {label: MARKERS[i % len(MARKERS)] for i, label in enumerate(_labels(cells))}
     fig, axes = _panels(len(tasks), ncols=min(len(tasks), 3), size=(4.5, 3.6))
     for ax, task in zip(axes, tasks):
-        here = cells[(cells["task"] == task) & cells["storage_pct"].gt(0)]
+        here = cells[(cells["task"] == task) & cells["storage_min_pct"].gt(0)]
         for label in _labels(here):
             cell = here[here["label"] == label].sort_values("sparsity")
-            ax.errorbar(cell["storage_pct"], cell[MEAN], yerr=cell[STD].fillna(0.0), marker=marker[label],
+            ax.errorbar(cell["storage_min_pct"], cell[MEAN], yerr=cell[CI].fillna(0.0), marker=marker[label],
                         linestyle="none", capsize=3, label=label)
             swept = cell.dropna(subset=["sparsity"])
             if not swept.empty:  # storage does not depend on sparsity: a sweep is one column of points, one label
                 top = swept.loc[swept[MEAN].idxmax()]
                 values = f"{swept['sparsity'].min():g}-{swept['sparsity'].max():g}" if len(swept) > 1 else f"{top['sparsity']:g}"
-                ax.annotate(f"s={values}", (top["storage_pct"], top[MEAN]), textcoords="offset points",
+                ax.annotate(f"s={values}", (top["storage_min_pct"], top[MEAN]), textcoords="offset points",
                             xytext=(4, 4), fontsize="x-small")
-        front = here[pareto_front(here[["storage_pct", MEAN]].to_numpy())].sort_values("storage_pct")
-        ax.step(front["storage_pct"], front[MEAN], where="post", color="0.5", linestyle="--", zorder=0,
+        front = here[pareto_front(here[["storage_min_pct", MEAN]].to_numpy())].sort_values("storage_min_pct")
+        ax.step(front["storage_min_pct"], front[MEAN], where="post", color="0.5", linestyle="--", zorder=0,
                 label="Pareto front")
-        ax.set(xscale="log", title=task, xlabel="stored parameters (% of backbone)", ylabel=SCORE_LABEL)
+        ax.set(xscale="log", title=task, xlabel="minimum stored (% of backbone)", ylabel=SCORE_LABEL)
         # plain 0.05 / 0.1 / 0.2 / 0.5 ticks: storage spans a few decades at most
         ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))

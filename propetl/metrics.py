@@ -13,6 +13,7 @@ that tasks with two metrics are ranked on one number.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -71,6 +72,12 @@ def compute_metrics(metric_names: Sequence[str], predictions: ArrayLike, labels:
     return scores
 
 
+def score(metric_names: Sequence[str], predicted: Sequence, references: Sequence) -> dict[str, float]:
+    """Score one value per example, as a task kind reads them off the model: class ids, scores, or generated texts."""
+    if any(name in GENERATION_METRICS for name in metric_names):
+        return generation_metrics(metric_names, predicted, references)
+    return compute_metrics(metric_names, predicted, references)
+
 
 def generation_metrics(metric_names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Score generated texts against one reference each, with rouge-score and sacrebleu as they are meant to be called."""
@@ -95,3 +102,42 @@ def generation_metrics(metric_names: Sequence[str], predictions: Sequence[str], 
     scores = {name: scores[name] for name in metric_names}
     scores["combined_score"] = float(np.mean(list(scores.values())))
     return scores
+
+
+def resampled_score(metric_names: Sequence[str], predicted: Sequence, references: Sequence) -> Callable[[np.ndarray], float]:
+    """``combined_score`` of any resample of the examples (an index array, repeats allowed), for bootstraps.
+
+    Generated texts' statistics are computed once per example, as sacrebleu's own paired bootstrap does
+    (``sacrebleu.significance``): BLEU and chrF sum their sentence statistics over the resample and score the sum,
+    which is their corpus score of the resampled sentences; ROUGE (a mean of per-example F-measures) and exact match
+    average per example. Class ids and scores are rescored by :func:`compute_metrics` on the resample.
+    """
+    if not any(name in GENERATION_METRICS for name in metric_names):
+        predicted, references = np.asarray(predicted), np.asarray(references)
+        return lambda idx: compute_metrics(metric_names, predicted[idx], references[idx])["combined_score"]
+    check_metric_names("generation", metric_names)
+    predicted, references = [str(p) for p in predicted], [str(r) for r in references]
+    per_example: dict[str, np.ndarray] = {}
+    corpus: dict[str, tuple[Any, np.ndarray]] = {}
+    rouge = [name for name in metric_names if name in ROUGE]
+    if rouge:
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(rouge, use_stemmer=True)
+        each = [scorer.score(reference, prediction) for prediction, reference in zip(predicted, references)]
+        per_example |= {name: np.array([s[name].fmeasure for s in each]) for name in rouge}
+    if "exact_match" in metric_names:
+        per_example["exact_match"] = np.array([p.strip() == r.strip() for p, r in zip(predicted, references)], dtype=float)
+    for name in ("bleu", "chrf"):
+        if name in metric_names:
+            import sacrebleu
+
+            metric = sacrebleu.BLEU() if name == "bleu" else sacrebleu.CHRF()
+            corpus[name] = (metric, np.array(metric._extract_corpus_statistics(predicted, [references])))
+
+    def combined(idx: np.ndarray) -> float:
+        scores = {name: float(values[idx].mean()) for name, values in per_example.items()}
+        scores |= {name: metric._compute_score_from_stats(stats[idx].sum(0)).score / 100 for name, (metric, stats) in corpus.items()}
+        return float(np.mean([scores[name] for name in metric_names]))
+
+    return combined

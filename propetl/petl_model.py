@@ -1,4 +1,5 @@
-"""Turn a sequence classifier of any supported family (:mod:`propetl.architectures`) into an Adapter, LoRA, Prefix, ProPETL, BitFit or fully fine-tuned model."""
+"""Turn a model of any supported family (:mod:`propetl.architectures`) into an Adapter, LoRA, Prefix, ProPETL, BitFit,
+fully fine-tuned model, or one of PEFT's methods (:mod:`propetl.peft_methods`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .architectures import family_of, head_paths
 from .config import PETLConfig
 from .masks import Mask
 from .modules import SPECS, ModuleSpec
+from . import peft_methods
 from .multitask import SWITCH_ATTR, TASK_SEP, TaskHeads, TaskMask, TaskSwitch, make_masks, task_switch
 from .prototype import Prototype, PrototypeLayer
 
@@ -117,6 +119,8 @@ def _apply(model: PreTrainedModel, config: PETLConfig, switch: TaskSwitch | None
             param.requires_grad_(name.endswith(".bias"))
     if config.module_kind is not None:
         _insert_modules(model, config, switch)
+    if config.is_peft:
+        peft_methods.inject(model, config)
     for head in head_modules(model).values():
         head.requires_grad_(True)
     model.petl_config = config
@@ -169,8 +173,9 @@ def parameters_of(modules: Iterable[nn.Module]) -> dict[int, nn.Parameter]:
 
 
 def backbone_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The pretrained encoder's own parameters: everything but the head, prototypes and mask scores."""
+    """The pretrained encoder's own parameters: everything but the head, prototypes, mask scores and PEFT's layers."""
     excluded = parameters_of([*head_modules(model).values(), *prototypes(model).values(), *layer_masks(model).values()])
+    excluded |= peft_methods.added_parameters(model)
     return {name: p for name, p in model.named_parameters() if id(p) not in excluded}
 
 

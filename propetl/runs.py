@@ -22,6 +22,7 @@ TUNING = "tuning"
 LOGS = "logs"
 BENCHMARKS = "benchmarks"
 METRICS = "metrics.json"
+PREDICTIONS = "test_predictions.parquet"  # one row per test example (and task): what the paired bootstrap resamples
 HISTORY = "history.jsonl"
 ARTIFACT = "artifact"
 PROVENANCE = "provenance.json"
@@ -122,6 +123,6 @@ class RunFiles:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.metrics, self.history, self.artifact, self.provenance, self.log, self.data, self.checkpoints = (
-            self.root / name for name in (METRICS, HISTORY, ARTIFACT, PROVENANCE, TRAIN_LOG, DATA, CHECKPOINTS)
+        self.metrics, self.history, self.artifact, self.provenance, self.log, self.data, self.checkpoints, self.predictions = (
+            self.root / name for name in (METRICS, HISTORY, ARTIFACT, PROVENANCE, TRAIN_LOG, DATA, CHECKPOINTS, PREDICTIONS)
         )

@@ -11,7 +11,11 @@ storage with it; both None for a model without data (meta tensors).
 
 Storage as a function of the number of tasks N is ``shared_bits + N * task_bits``:
 ``task_bits`` is what one more task costs, head included (32 bits per head parameter), and
-``shared_bits`` what the tasks share. A dedicated method or a single-task ProPETL run shares
+``shared_bits`` what the tasks share.
+
+``storage_min_bits`` is the least a task needs (what tables and figures plot): masks in their coding, and
+for PEFT's methods (:mod:`propetl.peft_methods`) nothing that regenerates from a seed and VB-LoRA's top-k
+only; ``peft`` gives those methods' counts three ways, with the bytes of PEFT's own files. A dedicated method or a single-task ProPETL run shares
 nothing (``shared_bits`` 0); a run on a frozen prototype (``propetl train --prototype``) shares
 the prototype, stored once elsewhere; a multi-task model (:mod:`propetl.multitask`) shares the
 prototype and, in the combined mask layouts, the layer masks, and reports ``shared`` and
@@ -24,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+from . import peft_methods
 from .mask_coding import coded_bits
 from .multitask import TaskHeads, split_key, tasks_of
 from .petl_model import PROTOTYPE_REF_ATTR, backbone_parameters, head_modules, layer_masks, petl_config_of, prototypes
@@ -31,10 +36,11 @@ from .petl_model import PROTOTYPE_REF_ATTR, backbone_parameters, head_modules, l
 
 def storage_report(model: nn.Module) -> dict[str, Any]:
     """Parameter and bit counts of a PETL model (see module docstring for the conventions)."""
-    petl_config_of(model)
+    config = petl_config_of(model)
     backbone = backbone_parameters(model).values()
     stored_float = sum(t.numel() for proto in prototypes(model).values() for t in proto.stored_tensors().values())
     stored_float += sum(p.numel() for p in backbone if p.requires_grad)  # full / bitfit
+    stored_float += sum(p.numel() for p in peft_methods.added_parameters(model).values())  # PEFT's methods: what they train
     mask_entries = sum(mask.numel for mask in layer_masks(model).values())
     backbone_params = sum(p.numel() for p in backbone)
     storage_bits = 32 * stored_float + mask_entries
@@ -52,6 +58,13 @@ def storage_report(model: nn.Module) -> dict[str, Any]:
         "storage_pct_coded": None if coded is None else (32 * stored_float + coded) / 32 / backbone_params * 100,
         "head_params": sum(p.numel() for head in head_modules(model).values() for p in head.parameters()),
     }
+    # the minimum a task needs: masks in their coding; for PEFT's methods without what regenerates from a seed
+    minimum = storage_bits if coded is None else 32 * stored_float + coded
+    if config.is_peft:
+        report["peft"] = peft_methods.storage(model)
+        minimum = report["peft"]["min_bits"]
+    report["storage_min_bits"] = minimum
+    report["storage_min_pct"] = minimum / 32 / backbone_params * 100
     if tasks_of(model):
         report |= _task_parts(model, stored_float, backbone_params)
         report["shared_bits"] = report["shared"]["storage_bits"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from . import runs
+from .atomic import write_json
 from .config import FILE_TASK_OPTIONS, PROPETL_METHODS, REGISTRY, PETLConfig, TrainConfig, check_search_space, effective_defaults
 from .data import TASKS
 
@@ -150,7 +152,7 @@ def _checked(where: str, build, *args, **kwargs):
 
 
 def flags(values: Mapping[str, Any]) -> str:
-    """``{"max_steps": 10, "bf16": False}`` -> ``--max-steps 10 --bf16 false`` (None values left out)."""
+    """``{"max_steps": 10, "bf16": False}`` -> ``--max-steps 10 --bf16 false`` (None values left out; a mapping as JSON)."""
     parts = []
     for key, value in values.items():
         flag = f"--{key.replace('_', '-')}"
@@ -160,9 +162,42 @@ def flags(values: Mapping[str, Any]) -> str:
             parts.append(flag if value else f"{flag} false")
         elif isinstance(value, list):
             parts.append(" ".join([flag, *map(shlex.quote, map(str, value))]))
+        elif isinstance(value, dict):
+            parts.append(f"{flag} {shlex.quote(json.dumps(value, sort_keys=True))}")
         else:
             parts.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(parts)
+
+
+def _peft_cache() -> Path:
+    return Path(os.environ.get("PROPETL_CACHE") or Path.home() / ".cache" / "propetl") / "peft_checked.json"
+
+
+def check_peft(petl: PETLConfig) -> None:
+    """PEFT's own config classes judge a competitor's type and arguments (:func:`propetl.peft_methods.check`).
+
+    Importing PEFT imports torch (5-15 s on 2 cores), which planning otherwise never does, and Snakemake plans on
+    every start (a cluster job too): a combination judged valid once is remembered per PEFT version in
+    ``$PROPETL_CACHE`` (default ``~/.cache/propetl``). A bad one is judged, and refused, every time.
+    """
+    from importlib.metadata import version
+
+    key = json.dumps([version("peft"), petl.method, petl.peft_type, petl.peft_args, petl.lora_r, petl.lora_alpha,
+                      petl.lora_dropout], sort_keys=True, default=str)
+    path = _peft_cache()
+    try:
+        known = set(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        known = set()
+    if key in known:
+        return
+    from .peft_methods import check
+
+    check(petl)
+    try:
+        write_json(path, sorted(known | {key}))
+    except OSError:  # a read-only home: judge again next time
+        pass
 
 
 class Study:
@@ -243,7 +278,31 @@ class Study:
                 if entry["tune"] and not self.search_space(entry):
                     _fail(f"tuning.search_space: no search space for tuned method {entry['method']!r} "
                           f"(label {entry['label']!r}); add tuning.search_space.{entry['method']} or set tune: false")
+        if self.tuning["enabled"] and self.tuning["same_budget"]:  # tuning off: every entry alike untuned
+            self._check_same_budget(enabled)
         return enabled
+
+    TRIAL_BUDGET = ("max_steps", "epochs", "batch_size", "grad_accum", "eval_every", "eval_strategy")
+
+    def _check_same_budget(self, enabled: dict[str, dict]) -> None:
+        """The fair protocol (tuning.same_budget): every single-task entry tuned, each task's trials equally long
+        for every entry (the number of trials is one study-wide key), so no method is compared untuned."""
+        budgets: dict[str, tuple[str, dict]] = {}
+        for label, entry in enabled.items():
+            if self.is_group(entry) or "prototype_from" in entry:
+                continue  # several tasks on one network, or a frozen prototype: not tuned (no such studies exist)
+            if not entry["tune"]:
+                _fail(f"tuning.same_budget: entry {label!r} is not tuned; every method of a fair study is tuned alike "
+                      "(set tune: true, or tuning.same_budget: false)")
+            for task in self.entry_tasks(entry):
+                trial = {**self.tune_training(task), **entry["params"]}
+                budget = {key: trial.get(key, getattr(TrainConfig, key)) for key in self.TRIAL_BUDGET}
+                if task in budgets and budgets[task][1] != budget:
+                    other, theirs = budgets[task]
+                    key = next(k for k in self.TRIAL_BUDGET if budget[k] != theirs[k])
+                    _fail(f"tuning.same_budget: on {task!r} the trials of {label!r} have {key}={budget[key]!r}, those of "
+                          f"{other!r} {key}={theirs[key]!r}; every tuned entry needs trials of the same length")
+                budgets.setdefault(task, (label, budget))
 
     def _check_entry(self, where: str, entry: dict) -> None:
         if entry["method"] not in REGISTRY:
@@ -269,7 +328,9 @@ class Study:
         given = {k: entry[k] for k in ("sparsity", "mask_mode", "share") if k in entry}
         sweeps = [value for values in entry["sweep"].values() for value in values]
         for sparsity in [given.get("sparsity"), *sweeps]:
-            _checked(where, PETLConfig, method=entry["method"], **{**given, "sparsity": sparsity}, **petl_params)
+            petl = _checked(where, PETLConfig, method=entry["method"], **{**given, "sparsity": sparsity}, **petl_params)
+        if petl.is_peft:
+            _checked(where, check_peft, petl)
         train_params = {k: v for k, v in entry["params"].items() if k in TRAIN_KEYS}
         for task in self.entry_tasks(entry):
             _checked(where, TrainConfig, **{**self.task_training(task), **train_params})

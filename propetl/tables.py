@@ -24,13 +24,17 @@ import pandas as pd
 
 from propetl import runs as layout
 from propetl.atomic import write_text
+from propetl.comparison import comparison_table, render_comparison
 from propetl.config import METHODS, PAPER_DEFAULTS, dedicated_method
 
 CELL_KEYS = ["task", "label", "method", "sparsity"]
 HEADLINE = "test_combined_score"
-STORED_COL = "stored params (%)"
-CODED_COL = "stored, masks coded (%)"  # masks as the artifact codes them (propetl.mask_coding), below 1 bit where it can
+STORED_COL = "stored params (%)"  # the paper's count: every stored float at 32 bits, 1 bit per mask entry
+# the least a task needs (propetl.storage: storage_min_pct): masks as the artifact codes them, below 1 bit where it
+# can; PEFT's methods without what regenerates from a seed. What figures plot and comparisons size methods by.
+MIN_COL = "minimum stored (%)"
 BYTES_COL = "bytes on disk"
+STORAGE = ["storage_min_pct", "storage_pct", "artifact_bytes"]
 
 
 def _flatten(record: dict) -> dict:
@@ -96,34 +100,46 @@ def collect_runs(results_root: str | Path, run_dirs: Sequence[str | Path] | None
     runs["sparsity"] = runs["sparsity"].astype(float)
     # runs recorded before metrics.json had a status finished normally
     runs["status"] = runs["status"].fillna("ok") if "status" in runs else "ok"
-    for column in ("storage_pct", "storage_pct_coded", "artifact_bytes", HEADLINE):  # absent when every run diverged (coded: before it existed)
-        if column not in runs:
+    for column in ("storage_pct", "storage_pct_coded", "storage_min_pct", "artifact_bytes", HEADLINE):  # absent when every run
+        if column not in runs:                                                                       # diverged, or older
             runs[column] = float("nan")
+    # runs from before the minimum was recorded: their masks coded, or (older still) the paper's count
+    runs["storage_min_pct"] = runs["storage_min_pct"].fillna(runs["storage_pct_coded"]).fillna(runs["storage_pct"])
     return runs.sort_values(["task", "label", "sparsity", "seed"], na_position="first", ignore_index=True)
 
 
 def cell_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof=1, NaN for one seed) and n_seeds per (task, label, sparsity), over finished runs.
+    """Mean, std (ddof=1, NaN for one seed), the 95% confidence interval's half-width over seeds (Student's t, NaN for
+    one seed) and n_seeds per (task, label, sparsity), over finished runs.
 
-    Scores come out in percent as ``test_<metric>_mean`` / ``test_<metric>_std``;
+    Scores come out in percent as ``test_<metric>_mean`` / ``_std`` / ``_ci95``;
     storage columns are averaged, being identical across seeds of one cell.
     ``n_diverged`` counts the cell's runs that diverged: they have no score, so they
     are left out of the means and shown beside them instead.
     """
     tests = [c for c in runs.columns if c.startswith("test_")]
     ok = runs[runs["status"] == "ok"]
-    storage = ["storage_pct", "storage_pct_coded", "artifact_bytes"]
-    frame = ok[CELL_KEYS + storage].join(ok[tests] * 100.0)
+    frame = ok[CELL_KEYS + STORAGE].join(ok[tests] * 100.0)
     grouped = frame.groupby(CELL_KEYS, dropna=False, sort=False)
     stats = grouped[tests].agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats["n_seeds"] = grouped.size()
-    stats[storage] = grouped[storage].mean()
+    for metric in tests:
+        stats[f"{metric}_ci95"] = ci95_half_width(stats[f"{metric}_std"], stats["n_seeds"])
+    stats[STORAGE] = grouped[STORAGE].mean()
     diverged = runs[runs["status"] != "ok"].groupby(CELL_KEYS, dropna=False, sort=False).size().rename("n_diverged")
     cells = stats.join(diverged, how="outer").reset_index()
     cells["n_seeds"] = cells["n_seeds"].fillna(0).astype(int)
     cells["n_diverged"] = cells["n_diverged"].fillna(0).astype(int)
     return cells
+
+
+def ci95_half_width(std: pd.Series, n: pd.Series) -> pd.Series:
+    """Half-width of the 95% confidence interval of a mean over n seeds: t(0.975, n - 1) * std / sqrt(n)."""
+    from scipy.stats import t
+
+    n = n.astype(float)
+    return pd.Series(t.ppf(0.975, n - 1) * std / n ** 0.5, index=std.index).where(n > 1)
 
 
 def row_name(label: str, sparsity: float | None) -> str:
@@ -162,38 +178,37 @@ def paper_table(runs: pd.DataFrame) -> pd.DataFrame:
     cells = _ordered_cells(runs)
     table = _pivot(cells, f"{HEADLINE}_mean")
     table["Avg"] = table.mean(axis=1, skipna=False)
-    storage = cells.groupby("row", observed=True)[["storage_pct", "storage_pct_coded", "artifact_bytes"]].mean()
+    storage = cells.groupby("row", observed=True)[STORAGE].mean()
     storage.index = storage.index.astype(str)
+    table[MIN_COL] = storage["storage_min_pct"]
     table[STORED_COL] = storage["storage_pct"]
-    if storage["storage_pct_coded"].notna().any():  # runs from before the coded size have none
-        table[CODED_COL] = storage["storage_pct_coded"]
     table[BYTES_COL] = storage["artifact_bytes"]
     return table
 
 
-def _mean_pm_std(mean: float, std: float, pm: str) -> str:
+def _mean_pm(mean: float, spread: float, pm: str) -> str:
     if pd.isna(mean):
         return "–"
-    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f}{pm}{std:.2f}"
+    return f"{mean:.2f}" if pd.isna(spread) else f"{mean:.2f}{pm}{spread:.2f}"
 
 
 def render_paper_table(runs: pd.DataFrame, pm: str = " ± ") -> pd.DataFrame:
-    """paper_table as display strings: ``mean ± std`` over seeds per task, and how many runs diverged.
+    """paper_table as display strings: ``mean ± half-width of the 95% confidence interval`` over seeds per task
+    (Student's t; the mean alone for one seed), and how many runs diverged.
 
-    Avg shows the mean only: a std of an average over different tasks is not a
+    Avg shows the mean only: an interval of an average over different tasks is not a
     quantity the seeds measure.
     """
     table = paper_table(runs)
     cells = _ordered_cells(runs)
-    stds, diverged = _pivot(cells, f"{HEADLINE}_std"), _pivot(cells, "n_diverged")
+    stds, diverged = _pivot(cells, f"{HEADLINE}_ci95"), _pivot(cells, "n_diverged")
     shown = pd.DataFrame(index=table.index)
     for task in stds.columns:
-        shown[task] = [_mean_pm_std(m, s, pm) + (f" ({d:.0f} diverged)" if d > 0 else "")
+        shown[task] = [_mean_pm(m, s, pm) + (f" ({d:.0f} diverged)" if d > 0 else "")
                        for m, s, d in zip(table[task], stds[task], diverged[task].fillna(0))]
-    shown["Avg"] = [_mean_pm_std(m, float("nan"), pm) for m in table["Avg"]]
+    shown["Avg"] = [_mean_pm(m, float("nan"), pm) for m in table["Avg"]]
+    shown[MIN_COL] = [f"{v:.3g}" for v in table[MIN_COL]]
     shown[STORED_COL] = [f"{v:.3g}" for v in table[STORED_COL]]
-    if CODED_COL in table:
-        shown[CODED_COL] = [f"{v:.3g}" for v in table[CODED_COL]]
     shown[BYTES_COL] = [f"{v:,.0f}" for v in table[BYTES_COL]]
     return shown
 
@@ -230,7 +245,7 @@ def published_comparison(runs: pd.DataFrame, published_csv: str | Path) -> pd.Da
 BUDGET_KEYS = ["task", "method", "sparsity", "max_steps"]
 
 
-def _main_method_runs(runs: pd.DataFrame) -> pd.DataFrame:
+def main_method_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Single-task runs of the methods as the paper defines them: learned masks on a shared prototype, or a baseline.
 
     Ablation entries (random or no masks, no sharing) share a ``method`` name with the
@@ -247,12 +262,12 @@ def has_budget_ladder(runs: pd.DataFrame) -> bool:
     """Whether some task and method ran at more than one max_steps (a budget study)."""
     if "max_steps" not in runs or runs["max_steps"].isna().all():
         return False
-    return bool((_main_method_runs(runs).groupby(["task", "method"])["max_steps"].nunique() > 1).any())
+    return bool((main_method_runs(runs).groupby(["task", "method"])["max_steps"].nunique() > 1).any())
 
 
 def budget_cells(runs: pd.DataFrame) -> pd.DataFrame:
     """Test combined score (%) per task, method, sparsity and training budget (max_steps): mean, std, n_seeds."""
-    frame = _main_method_runs(runs).assign(score=lambda r: r[HEADLINE] * 100.0)
+    frame = main_method_runs(runs).assign(score=lambda r: r[HEADLINE] * 100.0)
     grouped = frame.groupby(BUDGET_KEYS, dropna=False)["score"]
     cells = grouped.agg(["mean", "std", "count"]).reset_index()
     return cells.rename(columns={"mean": f"{HEADLINE}_mean", "std": f"{HEADLINE}_std", "count": "n_seeds"})
@@ -264,7 +279,7 @@ def budget_gaps(runs: pd.DataFrame) -> pd.DataFrame:
     ``gap_std`` is the spread of the per-seed differences and ``gap_se`` its standard
     error; only seeds both methods ran at that budget enter.
     """
-    frame = _main_method_runs(runs).assign(score=lambda r: r[HEADLINE] * 100.0)
+    frame = main_method_runs(runs).assign(score=lambda r: r[HEADLINE] * 100.0)
     rows = []
     for method in sorted(frame["method"].unique()):
         dedicated = dedicated_method(method)
@@ -320,7 +335,7 @@ def multitask_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per entry: test combined score (%) per task and their mean, and what the entry stores for
     all K tasks, what it shares and what one more task adds (KB: 1,000 bytes, at 32 bits per float
     and 1 bit per mask entry)."""
-    table = paper_table(runs).drop(columns=[STORED_COL, CODED_COL, BYTES_COL], errors="ignore").rename(columns={"Avg": "mean"})
+    table = paper_table(runs).drop(columns=[MIN_COL, STORED_COL, BYTES_COL], errors="ignore").rename(columns={"Avg": "mean"})
     storage = storage_by_tasks(runs)
     last = storage[storage["n_tasks"] == storage["n_tasks"].max()].assign(row=lambda f: [row_name(lab, s) for lab, s in zip(f["label"], f["sparsity"])])
     last = last.set_index("row")
@@ -350,7 +365,8 @@ def write_tables(
     published_csv: str | Path | None = None,
     run_dirs: Sequence[str | Path] | None = None,
 ) -> list[Path]:
-    """Write runs.csv, cells.csv, paper_table.{csv,md,tex}, published_vs_ours.csv, for a budget
+    """Write runs.csv, cells.csv, paper_table.{csv,md,tex}, comparison.{csv,md} (:mod:`propetl.comparison`: each
+    ProPETL cell against its baseline and every cell at most as large, paired bootstrap), published_vs_ours.csv, for a budget
     ladder (:func:`has_budget_ladder`) budget.csv and budget_gap.{csv,md}, and for multi-task
     groups (:func:`has_groups`) multitask.{csv,md} and storage_by_tasks.csv.
 
@@ -369,6 +385,9 @@ def write_tables(
         write_text(out / "paper_table.md", _markdown(rendered)),
         write_text(out / "paper_table.tex", _latex(render_paper_table(runs, pm=r" $\pm$ "))),
     ]
+    compared = comparison_table(runs, root)
+    written += [write_text(out / "comparison.csv", compared.to_csv(index=False)),
+                write_text(out / "comparison.md", _markdown(render_comparison(compared).set_index("task")))]
     published_csv = Path(published_csv) if published_csv else root / "published" / "propetl_table1.csv"
     comparison_path = out / "published_vs_ours.csv"
     if published_csv.exists():

@@ -44,7 +44,23 @@ if TYPE_CHECKING:
     from .data import TaskSpec
 
 IGNORE_INDEX = -100  # labels the loss skips (transformers' convention)
-Metrics = Callable[[Any], dict[str, float]]
+
+
+@dataclass
+class Scorer:
+    """A task's ``compute_metrics``: its kind turns the evaluation loop's output into one value per example (a class
+    id, a score or a text), the task's metrics score those. The last call's values stay (``last``), so that a run
+    keeps its test predictions for the paired bootstrap (:mod:`propetl.comparison`)."""
+
+    metric_names: list[str]
+    examples: Callable[[Any], tuple[Any, Any]]
+    last: tuple[Any, Any] | None = None
+
+    def __call__(self, prediction: Any) -> dict[str, float]:
+        from .metrics import score
+
+        self.last = self.examples(prediction)
+        return score(self.metric_names, *self.last)
 
 
 @dataclass(frozen=True)
@@ -68,8 +84,12 @@ class TaskKind:
     def collator(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> Callable[[list[dict]], dict]:
         raise NotImplementedError
 
-    def metrics(self, info: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> Metrics:
+    def metrics(self, info: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> Scorer:
         """The Trainer's ``compute_metrics`` for one task."""
+        return Scorer(list(info["metrics"]), self.examples(info, tokenizer))
+
+    def examples(self, info: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> Callable[[Any], tuple[Any, Any]]:
+        """The evaluation loop's output as (predicted, reference) values per example, as the task's metrics read them."""
         raise NotImplementedError
 
     def generation_config(self, model: PreTrainedModel, cfg: TrainConfig) -> GenerationConfig | None:
@@ -97,14 +117,13 @@ class _Classifier(TaskKind):
 
         return _without_length(DataCollatorWithPadding(tokenizer))
 
-    def metrics(self, info, tokenizer):
-        from .metrics import compute_metrics
-
-        def metrics(prediction) -> dict[str, float]:  # the logits, squeezed for regression
+    def examples(self, info, tokenizer):
+        def examples(prediction) -> tuple[np.ndarray, np.ndarray]:  # the class of the largest logit, or the score
             logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-            return compute_metrics(info["metrics"], np.squeeze(logits, -1) if info["num_labels"] == 1 else logits, prediction.label_ids)
+            predicted = np.squeeze(logits, -1) if info["num_labels"] == 1 else np.asarray(logits).argmax(axis=-1)
+            return predicted, prediction.label_ids  # arrays as the loop gave them: float32 scores stay float32
 
-        return metrics
+        return examples
 
 
 class _Generator(TaskKind):
@@ -136,21 +155,19 @@ class _Generator(TaskKind):
         return _without_length(DataCollatorForSeq2Seq(right, model=model if model.config.is_encoder_decoder else None,
                                                       label_pad_token_id=IGNORE_INDEX))
 
-    def metrics(self, info, tokenizer):
-        from .metrics import compute_metrics, generation_metrics
-
+    def examples(self, info, tokenizer):
         words = [_as_written(tokenizer, name) for name in info["label_names"]] if info.get("task_format") else None
 
-        def metrics(prediction) -> dict[str, float]:
+        def examples(prediction) -> tuple[list, list]:  # texts; text-to-text classification: class ids (-1: no label word)
             predicted, references = (_decode(tokenizer, ids) for ids in (prediction.predictions, prediction.label_ids))
             if words is None:
-                return generation_metrics(info["metrics"], predicted, references)
+                return predicted, references
             if info["num_labels"] == 1:
-                return compute_metrics(info["metrics"], [_score_of(t) for t in predicted], [_score_of(t) for t in references])
-            classes = lambda texts: np.array([words.index(t) if t in words else -1 for t in texts])  # noqa: E731
-            return compute_metrics(info["metrics"], classes(predicted), classes(references))
+                return [_score_of(t) for t in predicted], [_score_of(t) for t in references]
+            classes = lambda texts: [words.index(t) if t in words else -1 for t in texts]  # noqa: E731
+            return classes(predicted), classes(references)
 
-        return metrics
+        return examples
 
     def generation_config(self, model, cfg):
         generation = copy.deepcopy(model.generation_config)

@@ -67,6 +67,12 @@ class PETLTrainer(Trainer):
                 return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
             return self._evaluate_tasks(datasets, ignore_keys, metric_key_prefix)
 
+    def evaluation_order(self, dataset: Any) -> list[int]:
+        """The dataset rows in the order evaluation visits them: the Trainer's length-grouped evaluation sampler draws
+        its batches with a generator seeded by the run's seed, so the order differs between seeds (never the scores)."""
+        sampler = self._get_eval_sampler(dataset)
+        return list(range(len(dataset))) if sampler is None else list(sampler)
+
     def _evaluate_tasks(self, datasets: dict[str, Any], ignore_keys, prefix: str) -> dict[str, float]:
         """``{prefix}_{task}/{metric}`` per task and ``{prefix}_combined_score``, the tasks' mean (selects the checkpoint)."""
         metrics: dict[str, float] = {}

@@ -4,6 +4,7 @@ The run directory is the contract the pipeline reads:
 
 * ``metrics.json``: written last and atomically; its presence means the run finished;
 * ``history.jsonl``: one line per validation pass;
+* ``test_predictions.parquet``: each test example's prediction and reference (:mod:`propetl.predictions`);
 * ``artifact/``: the :func:`propetl.save_petl` artifact of the best checkpoint;
 * ``provenance.json``: resolved config, package versions, git commit, host, hardware;
 * ``train.log``; ``checkpoints/`` while running (removed at the end unless kept).
@@ -34,13 +35,14 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from . import run_state, timing
+from . import peft_methods, run_state, timing
 from .artifacts import artifact_bytes, load_frozen_prototype, save_petl
 from .backbones import load_tokenizer, model_identity
 from .config import PETLConfig, TrainConfig, effective_defaults
 from .petl_model import apply_multitask_petl, apply_petl
 from .run_state import History, TrainClock
-from .runs import RunFiles
+from .predictions import write_predictions
+from .runs import RunFiles, task_slug
 from .storage import storage_report
 from .task_assembly import Splits, check_tasks, load_tasks, multi_task, single_task
 from .task_kinds import run_kind
@@ -90,6 +92,7 @@ class Fitted:
 def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[TrainerCallback] = ()) -> Fitted:
     """Train (or resume) and load the checkpoint with the best validation combined_score."""
     check_tasks(train_config, petl_config)  # an unknown task or a bad file fails before any load
+    peft_methods.check(petl_config)  # so does an unknown PEFT type or argument
     cfg = resolve(train_config, petl_config)
     out = Path(cfg.out)
     files = RunFiles(out)
@@ -203,6 +206,10 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
     best_step = run_state.best_step(trainer.state.best_model_checkpoint)
     val = run_state.validation_at(files.history, best_step)
     test = strip(trainer.evaluate(fitted.test, metric_key_prefix="test"), "test_")
+    scorers = trainer.task_metrics or {cfg.tasks[0]: trainer.compute_metrics}
+    tests = fitted.test if isinstance(fitted.test, dict) else {task_slug(cfg.tasks[0]): fitted.test}
+    write_predictions(files.predictions, {task_slug(task): (*scorer.last, trainer.evaluation_order(tests[task_slug(task)]))
+                                          for task, scorer in scorers.items()})
     model.eval()
     with timing.phase("save"):
         artifact = save_petl(model, files.artifact, backbone=model_identity(cfg.model))

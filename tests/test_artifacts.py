@@ -16,7 +16,8 @@ from propetl.petl_model import layer_masks, prototype_layers, prototypes
 
 
 def trained_like(method: str, family: str = "bert", **kwargs):
-    """A PETL model whose trainable tensors are random, as after training."""
+    """A PETL model whose trainable tensors are random, as after training (method peft: PEFT's LoKr)."""
+    kwargs = {"peft_type": "LOKR", **kwargs} if method == "peft" else kwargs
     model = apply_petl(tiny_classifier(family), PETLConfig(method=method, **kwargs))
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -164,8 +165,8 @@ def _rewrite_mask(directory, change):
 
 TAMPERED = {
     # case: (how the saved propetl-adapter artifact is changed, what the one line says)
-    "unknown method": (lambda d: _tamper_config(d, **{"petl_config.method": "ia3", "method": "ia3"}),
-                       r"petl_config\.json: method='ia3' is not supported"),
+    "unknown method": (lambda d: _tamper_config(d, **{"petl_config.method": "compacter", "method": "compacter"}),
+                       r"petl_config\.json: method='compacter' is not supported"),
     "config of other shapes": (lambda d: _tamper_config(d, **{"petl_config.reduction_factor": 4}),
                                r"prototype tensor 'down' has shape \(1, 2, 32\) in the artifact but \(1, 8, 32\) in this model"),
     "newer format": (lambda d: _tamper_config(d, format="propetl-artifact/99"), r"has format 'propetl-artifact/99'; this version reads"),

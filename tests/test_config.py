@@ -18,7 +18,7 @@ ENTRY_KEYS = ("method", "sparsity", "mask_mode", "share")  # a grid entry's own 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"method": "ia3"}, "method='ia3' is not supported; allowed: full, bitfit, adapter, propetl-adapter"),
+        ({"method": "compacter"}, "method='compacter' is not supported; allowed: full, bitfit, adapter, propetl-adapter"),
         ({"method": "propetl-lora", "sparsity": 1.0}, r"sparsity=1.0 is outside \[0, 1\)"),
         ({"method": "propetl-lora", "sparsity": -0.1}, r"sparsity=-0.1 is outside \[0, 1\)"),
         ({"method": "adapter", "sparsity": 0.5}, "only propetl-adapter, propetl-lora, propetl-prefix take a sparsity"),

@@ -99,3 +99,22 @@ def test_a_correlation_with_constant_predictions_is_zero_not_nan():
     """An untrained model often predicts one value; the official T5 metrics score that 0, and NaN would leave no checkpoint."""
     scores = compute_metrics(["pearson", "spearmanr"], np.full(4, 2.5), np.array([0.0, 1.0, 2.0, 3.0]))
     assert scores == {"pearson": 0.0, "spearmanr": 0.0, "combined_score": 0.0}
+
+
+def test_a_resampled_score_is_the_metrics_of_the_resampled_examples():
+    """The bootstrap's fast rescoring (sentence statistics summed, as sacrebleu's paired bootstrap does) equals scoring
+    the resampled texts from scratch, repeats included."""
+    import numpy as np
+
+    from propetl.metrics import compute_metrics, generation_metrics, resampled_score
+
+    predicted = ["the cat sat", "a dog", "one small bird sings", "fish", "red car", "the cat sat down"]
+    references = ["the cat sat down", "the dog", "a small bird sings", "two fish", "a red car", "cat"]
+    names = ["rouge1", "rougeL", "bleu", "chrf", "exact_match"]
+    score = resampled_score(names, predicted, references)
+    for idx in (np.arange(6), np.array([5, 5, 0, 2, 2, 2])):
+        expected = generation_metrics(names, [predicted[i] for i in idx], [references[i] for i in idx])["combined_score"]
+        assert score(idx) == pytest.approx(expected, abs=1e-12)
+    classes, labels = np.array([0, 1, 1, 0, 1]), np.array([0, 1, 0, 0, 1])
+    idx = np.array([1, 2, 2, 4, 0])
+    assert resampled_score(["f1", "accuracy"], classes, labels)(idx) == compute_metrics(["f1", "accuracy"], classes[idx], labels[idx])["combined_score"]

@@ -6,6 +6,8 @@ from conftest import tiny_batch, tiny_classifier
 from transformers import OPTConfig, OPTForSequenceClassification
 
 from propetl import METHODS, PETLConfig, apply_petl
+from propetl.config import PEFT_METHODS
+from propetl.peft_methods import added_parameters
 from propetl.petl_model import head_modules, layer_masks, prototype_layers, prototypes
 
 PROPETL = ["propetl-adapter", "propetl-lora", "propetl-prefix"]
@@ -18,7 +20,7 @@ def _loss(model) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_only_its_own_parameters_and_the_head(method, family):
-    model = apply_petl(tiny_classifier(family), PETLConfig(method=method))
+    model = apply_petl(tiny_classifier(family), PETLConfig(method=method, **({"peft_type": "LOKR"} if method == "peft" else {})))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     head = {id(p) for h in head_modules(model).values() for p in h.parameters()}
     assert all(p.requires_grad for p in model.parameters() if id(p) in head)
@@ -28,6 +30,9 @@ def test_every_method_trains_only_its_own_parameters_and_the_head(method, family
         assert {n for n in trainable if not n.startswith(("classifier", "bert.pooler"))} == {
             n for n, _ in model.base_model.named_parameters(prefix=model.base_model_prefix) if n.endswith(".bias") and "pooler" not in n
         }
+    elif method in PEFT_METHODS:  # exactly the parameters PEFT's layers added
+        added = added_parameters(model)
+        assert added and {id(p) for p in model.parameters() if p.requires_grad} == set(added) | head
     else:
         backbone_trainable = [n for n in trainable if n.startswith(model.base_model_prefix) and "pooler" not in n]
         assert all(".masks." in n for n in backbone_trainable), backbone_trainable

@@ -46,8 +46,10 @@ def test_every_committed_study_loads(name):
 
 def test_the_default_grid_has_every_entry_sparsity_task_and_seed():
     grid = study(config()).grid()
-    assert len(grid) == 57 and len(set(grid)) == 57  # 19 runs per seed, seeds 1-3
-    assert {run.sparsity for run in grid if run.label == "propetl-adapter" and run.task == "rt-polarity"} == {
+    assert len(grid) == 78 and len(set(grid)) == 78  # 13 entries x 2 tasks per seed, seeds 1-3
+    assert {run.sparsity for run in grid if run.label == "propetl-adapter"} == {"0.5"}
+    sweep = study(config("ablation")).grid()  # the sweep is the ablation study's
+    assert {run.sparsity for run in sweep if run.label == "propetl-adapter" and run.task == "rt-polarity"} == {
         "0.3", "0.5", "0.7", "0.9"}
     assert {run.sparsity for run in grid if run.label == "adapter"} == {"-"}
     assert grid[0].dir == "runs/rt-polarity/full/s-/seed1"
@@ -70,9 +72,11 @@ def test_a_multi_task_group_is_one_run_per_seed_and_a_frozen_entry_trains_on_its
 
 
 def test_tuned_entries_read_the_study_of_their_own_sparsity():
-    s = study(config())
+    cfg = config()
+    cfg["methods"][3]["sweep"] = {"rt-polarity": [0.5, 0.7]}
+    s = study(cfg)
     assert s.best_params("rt-polarity", "propetl-adapter", "0.7") == "results/tuning/rt-polarity/propetl-adapter/s0.5/best_params.json"
-    assert s.best_params("rt-polarity", "lora", "-") is None
+    assert study(config("ablation")).best_params("rt-polarity", "propetl-adapter", "0.7") is None  # untuned
 
 
 def test_flags_render_every_value_type_the_cli_reads():
@@ -105,8 +109,25 @@ def _bad(mutate, name="default"):
     return cfg
 
 
+def _all_tuned(c, **search):
+    """The default study with every entry tuned alike (tuning.same_budget)."""
+    c["tuning"]["same_budget"] = True
+    for entry in c["methods"]:
+        entry["tune"] = True
+        c["tuning"]["search_space"].setdefault(entry["method"], {"lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+
+
 BAD = {
     # case: (config, what the one line must say)
+    "unknown PEFT type": (_bad(lambda c: c["methods"][0].update(method="peft", params={"peft_type": "nope"})),
+                          ["methods[0]", "peft_type='nope'", "allowed:", "LOKR"]),
+    "unknown PEFT argument": (_bad(lambda c: c["methods"][0].update(method="vera", params={"peft_args": {"rank": 8}})),
+                              ["methods[0]", "peft_args ['rank']", "VeraConfig", "allowed:"]),
+    "same budget with an untuned entry": (_bad(lambda c: c["methods"][0].update(tune=False)),
+                                          ["tuning.same_budget", "entry 'full' is not tuned", "tune: true"]),
+    "same budget with longer trials for one entry": (
+        _bad(lambda c: (_all_tuned(c), c["methods"][4]["params"].update(max_steps=500))),
+        ["tuning.same_budget", "on 'rt-polarity'", "'lora' have max_steps=500", "max_steps=60"]),
     "unknown method": (_bad(lambda c: c["methods"][0].update(method="propetl-adaptor")),
                        ["methods[0]", "'propetl-adaptor'", "allowed: full, bitfit, adapter"]),
     "unknown task": (_bad(lambda c: c["tasks"].update({"glue-sst3": {}})), ["tasks", "'glue-sst3'", "allowed: rt-polarity"]),
@@ -155,6 +176,12 @@ BAD = {
         _bad(lambda c: (c["methods"][0].update(budget_scale=2), c["training"].pop("max_steps"), c["tasks"]["snli"].pop("max_steps"))),
         ["methods[0]", "budget_scale", "'rt-polarity' has none"]),
 }
+
+
+def test_a_study_tuning_every_entry_alike_plans():
+    cfg = copy.deepcopy(config("default"))
+    _all_tuned(cfg)
+    assert study(cfg).grid()
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -251,3 +278,12 @@ def test_a_generated_task_is_prepared_with_the_settings_its_train_jobs_check(tmp
     assert "--num-beams 2" in train and "--label-smoothing 0.1" in train and "--max-new-tokens 16" in train
     for command, flags_ in (("prepare", s.prepare_flags("generation")), ("train", train)):  # lists parse as one flag
         assert build_parser().parse_args([command, *shlex.split(flags_), "--out", str(tmp_path)]).metrics == ["bleu", "chrf"]
+
+
+def test_a_peft_entry_plans_with_its_arguments_as_json_the_cli_reads():
+    from propetl.cli import build_parser
+
+    command = study(config("ci")).train_flags("sentiment", "vera", "-", 1)
+    assert "--method vera" in command and """--peft-args '{"r": 16}'""" in command
+    args = build_parser().parse_args(["train", *shlex.split(command)])
+    assert args.peft_args == {"r": 16} and args.method == "vera"

@@ -108,7 +108,7 @@ def test_paper_table_rows_follow_the_method_order_with_ablations_last(runs):
         "propetl-adapter (s=0.9)",
         "propetl-adapter-random (s=0.5)",
     ]
-    assert table.columns.tolist() == ["glue-mrpc", "glue-rte", "Avg", tables.STORED_COL, tables.BYTES_COL]
+    assert table.columns.tolist() == ["glue-mrpc", "glue-rte", "Avg", tables.MIN_COL, tables.STORED_COL, tables.BYTES_COL]
 
 
 def test_paper_table_avg_is_the_mean_of_the_tasks(runs):
@@ -122,10 +122,11 @@ def test_paper_table_avg_is_the_mean_of_the_tasks(runs):
     assert table.loc["propetl-adapter (s=0.9)", tables.STORED_COL] == pytest.approx(0.05)
 
 
-def test_rendered_table_shows_mean_pm_std(runs):
+def test_rendered_table_shows_mean_pm_the_95_percent_interval_over_seeds(runs):
     shown = tables.render_paper_table(runs)
-    assert shown.loc["propetl-adapter (s=0.5)", "glue-rte"] == "67.00 ± 4.24"
-    assert shown.loc["bitfit", "glue-mrpc"] == "75.00"  # one seed: no std
+    # two seeds, 64 and 70: std 4.243, t(0.975, 1) = 12.706, half-width 12.706 * 4.243 / sqrt(2) = 38.12
+    assert shown.loc["propetl-adapter (s=0.5)", "glue-rte"] == "67.00 ± 38.12"
+    assert shown.loc["bitfit", "glue-mrpc"] == "75.00"  # one seed: no interval
     assert shown.loc["propetl-adapter-random (s=0.5)", "glue-mrpc"] == "–"
     assert shown.loc["adapter", "Avg"] == "73.00"
 
@@ -134,18 +135,20 @@ def test_write_tables_writes_every_format_with_the_numbers(tmp_path):
     written = tables.write_tables(FIXTURE, tmp_path, published_csv=PUBLISHED)
     names = {p.name for p in written}
     assert names == {"runs.csv", "cells.csv", "paper_table.csv", "paper_table.md", "paper_table.tex",
-                     "published_vs_ours.csv"}
+                     "comparison.csv", "comparison.md", "published_vs_ours.csv"}
     assert all(p.stat().st_size > 0 for p in written)
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 15
     assert len(pd.read_csv(tmp_path / "cells.csv")) == 9
     markdown = (tmp_path / "paper_table.md").read_text()
-    assert "| propetl-adapter (s=0.5)" in markdown and "84.00 ± 2.83" in markdown
+    assert "| propetl-adapter (s=0.5)" in markdown and "84.00 ± 25.41" in markdown  # 95% interval of two seeds
     latex = (tmp_path / "paper_table.tex").read_text()
     assert latex.startswith("\\begin{tabular}")
-    assert "propetl-adapter (s=0.5) & 84.00 $\\pm$ 2.83 & 67.00 $\\pm$ 4.24 & 75.50" in latex
+    assert "propetl-adapter (s=0.5) & 84.00 $\\pm$ 25.41 & 67.00 $\\pm$ 38.12 & 75.50" in latex
     assert "stored params (\\%)" in latex
-    assert pd.read_csv(tmp_path / "paper_table.csv", index_col=0).loc["adapter", "glue-mrpc"] == "82.00 ± 2.83"
+    assert pd.read_csv(tmp_path / "paper_table.csv", index_col=0).loc["adapter", "glue-mrpc"] == "82.00 ± 25.41"
     assert {p.name for p in tmp_path.iterdir()} == names  # written atomically: no temporary files left
+    # the fixture's runs are from before test predictions were kept: a comparison table with no rows, not a guess
+    assert pd.read_csv(tmp_path / "comparison.csv").empty
 
 
 def test_published_comparison_matches_main_entries_by_method_and_task(runs):
@@ -273,16 +276,18 @@ def test_a_multi_task_run_is_a_row_per_task_and_storage_grows_by_what_a_task_add
     assert table.loc["joint (s=0.5)", "mean"] == pytest.approx(75.0) and table.loc["adapter", "total KB (all tasks)"] == 0.25
 
 
-def test_the_paper_table_shows_coded_storage_beside_the_one_bit_accounting_when_runs_have_it(tmp_path):
-    for seed, coded in ((1, 0.40), (2, 0.42)):
+def test_the_paper_table_shows_the_minimum_storage_beside_the_papers_count(tmp_path):
+    """The minimum a task stores: as recorded; for runs from before it was recorded their coded masks, for older
+    runs still the paper's count (32 bits per float, 1 bit per mask entry)."""
+    for seed, storage in ((1, {"storage_min_pct": 0.40, "storage_pct_coded": 0.45}), (2, {"storage_pct_coded": 0.42})):
         _write(tmp_path, f"runs/a/propetl-lora/s0.9/seed{seed}", {
             "task": "a", "label": "propetl-lora", "method": "propetl-lora", "sparsity": 0.9, "seed": seed, "status": "ok",
-            "artifact_bytes": 100, "test": {"combined_score": 0.8}, "storage": {"storage_pct": 0.47, "storage_pct_coded": coded}})
+            "artifact_bytes": 100, "test": {"combined_score": 0.8}, "storage": {"storage_pct": 0.47, **storage}})
     table = tables.paper_table(tables.collect_runs(tmp_path))
     assert table.loc["propetl-lora (s=0.9)", tables.STORED_COL] == 0.47
-    assert table.loc["propetl-lora (s=0.9)", tables.CODED_COL] == pytest.approx(0.41)
-    old = tables.paper_table(tables.collect_runs(FIXTURE))  # runs from before the coded size: no such column
-    assert tables.CODED_COL not in old
+    assert table.loc["propetl-lora (s=0.9)", tables.MIN_COL] == pytest.approx(0.41)
+    old = tables.paper_table(tables.collect_runs(FIXTURE))  # runs from before the coded size: the paper's count
+    assert (old[tables.MIN_COL] == old[tables.STORED_COL]).all()
 
 
 def test_a_file_task_is_named_by_its_stem_as_its_run_folder_is(tmp_path):
@@ -292,3 +297,13 @@ def test_a_file_task_is_named_by_its_stem_as_its_run_folder_is(tmp_path):
     runs = tables.collect_runs(tmp_path)
     assert list(runs["task"]) == ["reviews"]
     assert list(tables.paper_table(runs).columns[:2]) == ["reviews", "Avg"]  # the column header, not the path
+
+
+def test_the_published_competitor_rows_are_transcribed_consistently():
+    """Each paper's printed average is the mean of its six task scores (to its rounding): a check on the transcription."""
+    published = pd.read_csv(Path(__file__).resolve().parents[1] / "results/published/competitors_table2.csv")
+    for method, rows in published.groupby("method"):
+        tasks = rows[rows["task"] != "avg"]
+        assert len(tasks) == 6 and set(tasks["task"]) == {"glue-sst2", "glue-mrpc", "glue-cola", "glue-qnli", "glue-rte", "glue-stsb"}
+        assert abs(tasks["value"].mean() - rows.loc[rows["task"] == "avg", "value"].item()) <= 0.05 + 1e-9, method  # 85.15 prints as 85.2
+        assert rows["source"].str.contains("Table 2").all()

@@ -26,7 +26,7 @@ def test_a_run_writes_the_documented_outputs(sentiment_csv, tmp_path):
     result = train(config(sentiment_csv, tmp_path / "run", label="pa"), PETLConfig(method="propetl-adapter", sparsity=0.5))
     wall = time.perf_counter() - started
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["artifact", "data", "history.jsonl", "metrics.json", "provenance.json", "train.log"]
+    assert sorted(p.name for p in run.iterdir()) == ["artifact", "data", "history.jsonl", "metrics.json", "provenance.json", "test_predictions.parquet", "train.log"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(result))
     for key in ("task", "label", "method", "sparsity", "seed", "data_seed", "model", "val", "test", "storage", "trainable_params",
@@ -236,3 +236,23 @@ def test_a_checkpoint_cut_short_by_a_kill_is_dropped_and_the_run_resumes_from_th
     resumed = train(config(sentiment_csv, tmp_path / "killed"), petl)
     assert resumed["val"] == uninterrupted["val"] and resumed["test"] == uninterrupted["test"]
     assert "checkpoint-12 was cut short by a kill" in (tmp_path / "killed" / "train.log").read_text()
+
+
+def test_kept_test_predictions_score_the_reported_test_metrics_and_name_examples_alike_across_seeds(sentiment_csv, tmp_path):
+    from propetl.metrics import compute_metrics
+    from propetl.predictions import read_predictions
+
+    kept = {}
+    for seed in (1, 2):
+        result = train(config(sentiment_csv, tmp_path / f"s{seed}", seed=seed), PETLConfig(method="adapter"))
+        kept[seed] = read_predictions(tmp_path / f"s{seed}" / "test_predictions.parquet")
+        assert compute_metrics(["accuracy"], kept[seed]["prediction"], kept[seed]["reference"]) == result["test"]
+    # evaluation visits the test rows in a seed-dependent order (transformers' length-grouped sampler breaks ties by
+    # the seed); the kept rows are the split's, the same for every seed
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    lengths = load_prepared(tmp_path / "s1" / "data")[0]["test"].sort("length")["length"]
+    visits = [list(LengthGroupedSampler(32, lengths=lengths, generator=torch.Generator().manual_seed(s))) for s in (1, 2)]
+    assert visits[0] != visits[1]
+    assert kept[1]["example"].tolist() == list(range(len(kept[1])))
+    assert kept[1]["reference"].tolist() == kept[2]["reference"].tolist()

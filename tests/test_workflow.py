@@ -28,7 +28,7 @@ from jsonschema import Draft202012Validator
 
 from propetl import warm_start
 from propetl.cli import build_parser
-from propetl.config import PAPER_DEFAULTS, PAPER_EPOCHS, PAPER_TRAINING, PROPETL_METHODS
+from propetl.config import PAPER_DEFAULTS, PAPER_EPOCHS, PAPER_TRAINING, PEFT_METHODS, PROPETL_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
@@ -210,12 +210,12 @@ def test_the_t5_paper_studies_plan_with_the_official_values_on_every_job_command
     assert planned["full"] == planned["adapter"] == set(official["tasks"])  # the dedicated baselines: one task per job
 
 
-def test_default_study_grid_sweeps_only_where_asked_and_never_duplicates_baselines(workdir):
+def test_default_study_tunes_every_method_alike_and_never_duplicates_baselines(workdir):
     config = study("default")
     output = dry_run(workdir)
     counts = job_counts(output)
-    assert counts["train"] == expected_train_jobs(config) == 57  # 19 per seed, seeds 1-3
-    assert counts["tune"] == 4  # adapter and propetl-adapter on both tasks
+    assert counts["train"] == expected_train_jobs(config) == 78  # 13 methods x 2 tasks per seed, seeds 1-3
+    assert counts["tune"] == 26  # every method on both tasks (tuning.same_budget)
     runs = {}
     for argv in commands(output, "train"):
         args = parse_job(argv)
@@ -224,25 +224,23 @@ def test_default_study_grid_sweeps_only_where_asked_and_never_duplicates_baselin
     cells = {(a.task, a.label): set() for a in runs.values()}
     for out, args in runs.items():
         cells[args.task, args.label].add(out.split("/")[4])
-    for label in ("full", "bitfit", "adapter", "lora", "prefix"):  # baselines: one folder, s-
+    for label in ("full", "bitfit", "adapter", "lora", "prefix", "vera", "vb-lora", "fourierft", "ia3", "dora"):  # one folder, s-
         assert cells["rt-polarity", label] == cells["snli", label] == {"s-"}
-    assert cells["rt-polarity", "propetl-adapter"] == {"s0.3", "s0.5", "s0.7", "s0.9"}
-    assert cells["snli", "propetl-adapter"] == {"s0.5"}
+    assert cells["rt-polarity", "propetl-adapter"] == cells["snli", "propetl-adapter"] == {"s0.5"}  # the sweep is make ablation's
     assert cells["rt-polarity", "propetl-lora"] == cells["snli", "propetl-prefix"] == {"s0.9"}
-    assert "results/runs/rt-polarity/full/s-/seed1" in runs
-    assert "results/runs/rt-polarity/propetl-adapter/s0.7/seed2" in runs
-    # Sweep values reuse the study at the entry's own sparsity; untuned entries get no --params.
-    assert runs["results/runs/rt-polarity/propetl-adapter/s0.7/seed2"].params == (
-        "results/tuning/rt-polarity/propetl-adapter/s0.5/best_params.json")
-    assert runs["results/runs/snli/adapter/s-/seed1"].params == "results/tuning/snli/adapter/s-/best_params.json"
-    assert runs["results/runs/snli/lora/s-/seed1"].params is None
-    for argv in commands(output, "tune"):
-        assert parse_job(argv).n_trials == config["tuning"]["n_trials"]
+    # every run trains with its own study's rates
+    for out, args in runs.items():
+        task, label, sparsity = out.split("/")[2:5]
+        assert args.params == f"results/tuning/{task}/{label}/{sparsity}/best_params.json", out
+    trials = [parse_job(argv) for argv in commands(output, "tune")]
+    assert {(t.n_trials, t.max_steps, t.batch_size) for t in trials if t.task == "rt-polarity"} == {(3, 60, 16)}
+    assert {(t.n_trials, t.max_steps, t.batch_size) for t in trials if t.task == "snli"} == {(3, 60, 32)}
 
 
 def test_ablation_study_changes_only_the_masks_and_the_sharing_between_its_rows(workdir):
     output = dry_run(workdir, "--configfile", "workflow/configs/ablation.yaml")
-    assert job_counts(output)["train"] == expected_train_jobs(study("ablation")) == 4 * 2 * 2
+    # 4 variants x 2 tasks x 2 seeds, and the sparsity sweep's other 3 values on rt-polarity x 2 seeds
+    assert job_counts(output)["train"] == expected_train_jobs(study("ablation")) == 4 * 2 * 2 + 3 * 2
     variants = set()
     for argv in commands(output, "train"):
         args = parse_job(argv)
@@ -272,21 +270,33 @@ def test_budget_study_scales_only_the_steps_between_the_rungs_of_its_ladder(work
     assert rungs == {(method, scale) for method in ("adapter", "propetl-adapter") for scale in (1, 2, 4)}
 
 
-def test_planning_any_committed_study_imports_no_torch(workdir, tmp_path):
-    # a torch that cannot be imported: planning must not need it (jobs do, planning does not)
+def test_planning_a_committed_study_imports_no_torch_once_peft_has_judged_its_competitors(workdir, tmp_path):
+    # a torch that cannot be imported: planning must not need it (jobs do, planning does not), except the first time
+    # a study names a PEFT method: PEFT's own config classes judge its type and arguments, and importing PEFT imports
+    # torch; a combination judged valid is remembered (propetl.study.check_peft), so later plans need no torch
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('planning imported torch')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    cache = {"PROPETL_CACHE": str(tmp_path / "cache")}
+    without_torch = {**os.environ, **cache, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    plan = lambda path, env: subprocess.run([sys.executable, "-m", "snakemake", "-n", "--nolock", "--configfile", str(path)],  # noqa: E731
+                                            cwd=workdir, capture_output=True, text=True, timeout=300, env=env)
     for name, path in STUDIES.items():
-        result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--nolock", "--configfile", str(path)],
-                                cwd=workdir, capture_output=True, text=True, timeout=300, env=env)
-        assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
+        competitors = any(entry["method"] in PEFT_METHODS for entry in study(name)["methods"] if entry.get("enabled", True))
+        result = plan(path, without_torch)
+        if not competitors:
+            assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
+            continue
+        assert result.returncode != 0 and "planning imported torch" in result.stdout + result.stderr, name
+        judged = plan(path, {**os.environ, **cache})  # PEFT judges once, with torch
+        assert judged.returncode == 0, f"{name}: {judged.stdout}{judged.stderr}"
+        again = plan(path, without_torch)
+        assert again.returncode == 0, f"{name}: {again.stdout}{again.stderr}"
 
 
 def test_config_overrides_on_the_command_line_are_typed_merged_and_checked(workdir):
     output = dry_run(workdir, "--config", "seeds=[3]", "tuning={enabled: false}", "output=elsewhere")
     counts = job_counts(output)
-    assert counts["train"] == expected_train_jobs({**study("default"), "seeds": [3]}) == 19
+    assert counts["train"] == expected_train_jobs({**study("default"), "seeds": [3]}) == 26
     assert "tune" not in counts
     for argv in commands(output, "train"):
         args = parse_job(argv)
@@ -377,13 +387,14 @@ def test_ci_study_runs_end_to_end(ci_run):
     assert result.returncode == 0, result.stdout + result.stderr
     config = study("ci")
     runs = pd.read_csv(root / "tables/runs.csv")
-    assert expected_train_jobs(config) == 7
+    assert expected_train_jobs(config) == 8
     assert sorted(set(runs["run_dir"])) == [
         "runs/sentiment+topic/joint/s0.5/seed1",  # one model on both tasks: a row per task
         "runs/sentiment/adapter/s-/seed1",
         "runs/sentiment/bitfit/s-/seed1",
         "runs/sentiment/propetl-adapter/s0.5/seed1",
         "runs/sentiment/propetl-adapter/s0.9/seed1",
+        "runs/sentiment/vera/s-/seed1",
         "runs/topic/bitfit/s-/seed1",
         "runs/topic/frozen/s0.5/seed1",
     ]
@@ -396,8 +407,16 @@ def test_ci_study_runs_end_to_end(ci_run):
     two = storage[(storage["n_tasks"] == 2) & (storage["sparsity"].isna() | (storage["sparsity"] == 0.5))].set_index("label")["total_bits"]
     # one prototype for both tasks, not one per task as two single-task ProPETL runs store
     assert two["joint"] < two["propetl-adapter"] and two["frozen"] < two["propetl-adapter"]
-    for name in ("cells.csv", "paper_table.csv", "paper_table.md", "paper_table.tex", "multitask.md"):
+    for name in ("cells.csv", "paper_table.csv", "paper_table.md", "paper_table.tex", "multitask.md", "comparison.md"):
         assert (root / "tables" / name).is_file()
+    # the competitor ran through PEFT: its own files in the artifact, its storage counted from PEFT's shapes
+    assert (root / "runs/sentiment/vera/s-/seed1/artifact/peft/adapter_model.safetensors").is_file()
+    vera = json.loads((root / "runs/sentiment/vera/s-/seed1/metrics.json").read_text())["storage"]
+    assert vera["peft"]["peft_type"] == "VERA" and vera["storage_min_bits"] < vera["peft"]["with_regenerable_bits"]
+    # every ProPETL cell against its baseline (and whatever stores at most as much), with a bootstrap interval
+    compared = pd.read_csv(root / "tables/comparison.csv")
+    dedicated = compared[(compared["propetl"] == "propetl-adapter (s=0.5)") & (compared["other"] == "adapter")].iloc[0]
+    assert dedicated["relation"] == "dedicated baseline" and dedicated["ci_low"] <= dedicated["difference"] <= dedicated["ci_high"]
     for name in ("score_vs_storage", "score_vs_sparsity", "mask_overlap", "storage_by_tasks", "task_mask_overlap"):
         assert (root / "figures" / f"{name}.png").is_file()
     for study_dir in ("sentiment/adapter/s-", "sentiment/propetl-adapter/s0.5"):
@@ -427,6 +446,8 @@ def test_a_second_run_has_nothing_to_do_and_the_report_builds(ci_run, workdir):
     assert report.returncode == 0, report.stdout + report.stderr
     html = (root / "report.html").read_text()
     assert "score_vs_storage.png" in html and "paper_table.csv" in html
+    # the landing page opens with the headline: the comparison table's ProPETL rows in words and numbers
+    assert "Where ProPETL stands" in html and "against its dedicated adapter" in html
 
 
 @pytest.mark.slow

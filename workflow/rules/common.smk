@@ -35,6 +35,23 @@ except StudyError as error:
     raise WorkflowError(str(error)) from None
 
 
+def _headline():
+    """The comparison table's ProPETL rows in words, for the report's landing page (once the tables exist)."""
+    path = STUDY.path("tables/comparison.csv")
+    if not os.path.exists(path):
+        return []
+    import pandas as pd
+
+    from propetl.comparison import headline
+
+    table = pd.read_csv(path)
+    return headline(table) if len(table) else []
+
+
+# read by workflow/report/workflow.rst (the study itself was validated above, without this key)
+config["_headline"] = _headline()
+
+
 def results(path):
     """A path below the results root (config key ``output``)."""
     return STUDY.path(path)

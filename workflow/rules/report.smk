@@ -1,5 +1,5 @@
 rule tables:
-    """runs.csv, per-cell means and the paper-style table.
+    """runs.csv, per-cell means, the paper-style table and the comparison table.
 
     Only this grid's runs enter (--runs): runs of an earlier grid left in the same
     results root stay on disk but out of the tables.
@@ -13,6 +13,9 @@ rule tables:
         paper=report(results("tables/paper_table.csv"), caption="../report/paper_table.rst", category="Tables"),
         markdown=results("tables/paper_table.md"),
         latex=results("tables/paper_table.tex"),
+        # each ProPETL cell against its baseline and every cell at most as large: paired bootstrap intervals
+        comparison=report(results("tables/comparison.csv"), caption="../report/comparison.rst", category="Tables"),
+        comparison_md=results("tables/comparison.md"),
         # written whenever the published numbers are there (header only if nothing overlaps)
         **({"published": results("tables/published_vs_ours.csv")} if published_table() else {}),
     params:
