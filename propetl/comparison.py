@@ -67,10 +67,6 @@ def _paired(a: Runs, b: Runs) -> tuple[list[int], np.ndarray]:
     return seeds, references
 
 
-def _accuracy_only(metric_names: Sequence[str]) -> bool:
-    return list(metric_names) in (["accuracy"], ["exact_match"])
-
-
 def paired_bootstrap(a: Runs, b: Runs, metric_names: Sequence[str], draws: int = N_DRAWS, seed: int = SEED) -> Difference:
     """A minus B (see the module docstring), over the seeds both ran."""
     seeds, references = _paired(a, b)
@@ -78,10 +74,9 @@ def paired_bootstrap(a: Runs, b: Runs, metric_names: Sequence[str], draws: int =
     rng = np.random.default_rng(seed)
     seed_draws = rng.integers(0, len(seeds), size=(draws, len(seeds)))
     example_draws = rng.integers(0, n, size=(draws, n))
-    if _accuracy_only(metric_names):  # an average per example: vectorised over the draws
-        hits = lambda runs, s: np.asarray(runs[s][0]) == references if metric_names[0] == "accuracy" else \
-            np.array([str(p).strip() == str(r).strip() for p, r in zip(runs[s][0], references)])  # noqa: E731
-        delta = np.stack([hits(a, s).astype(float) - hits(b, s).astype(float) for s in seeds]) * 100.0  # seeds x examples
+    if list(metric_names) == ["accuracy"]:  # an average per example: vectorised over the draws
+        hits = lambda runs, s: (np.asarray(runs[s][0]) == references).astype(float)  # noqa: E731
+        delta = np.stack([hits(a, s) - hits(b, s) for s in seeds]) * 100.0  # seeds x examples
         observed = float(delta.mean())
         per_seed = delta[:, example_draws].mean(axis=2)  # seeds x draws: each seed on each draw's examples
         values = per_seed[seed_draws, np.arange(draws)[:, None]].mean(axis=1)
@@ -135,20 +130,20 @@ def comparison_table(runs: pd.DataFrame, results_root: str | Path, draws: int = 
         cells = {(label, sparsity): cell for (label, sparsity), cell in frame.groupby(["label", "sparsity"], dropna=False, sort=False)}
         metric_names = [c.removeprefix("test_") for c in frame.columns
                         if c.startswith("test_") and c != "test_combined_score" and frame[c].notna().all()]
+        kept = {key: _entry_runs(root, cell, task) for key, cell in cells.items()}  # each cell's predictions, read once
+        size = {key: cell["storage_min_pct"].mean() for key, cell in cells.items()}
         for (label, sparsity), cell in cells.items():
             method = cell["method"].iloc[0]
             if method not in PROPETL_METHODS:
                 continue
-            size = cell["storage_min_pct"].mean() if "storage_min_pct" in cell else cell["storage_pct"].mean()
-            mine = _entry_runs(root, cell, task)
+            mine = kept[label, sparsity]
             for (other_label, other_sparsity), other in cells.items():
                 if (other_label, other_sparsity) == (label, sparsity):
                     continue
-                other_size = other["storage_min_pct"].mean() if "storage_min_pct" in other else other["storage_pct"].mean()
                 dedicated = other["method"].iloc[0] == dedicated_method(method) and other_label == other["method"].iloc[0]
-                if not dedicated and not other_size <= size:
+                if not dedicated and not size[other_label, other_sparsity] <= size[label, sparsity]:
                     continue
-                theirs = _entry_runs(root, other, task)
+                theirs = kept[other_label, other_sparsity]
                 if mine is None or theirs is None:
                     continue
                 difference = paired_bootstrap(mine, theirs, metric_names, draws=draws)
@@ -160,7 +155,8 @@ def comparison_table(runs: pd.DataFrame, results_root: str | Path, draws: int = 
                     "propetl_mean": cell.set_index("seed").loc[seeds, "test_combined_score"].mean() * 100,
                     "other_mean": other.set_index("seed").loc[seeds, "test_combined_score"].mean() * 100,
                     "difference": difference.mean, "ci_low": difference.low, "ci_high": difference.high,
-                    "p_value": difference.p_value, "propetl_storage_pct": size, "other_storage_pct": other_size,
+                    "p_value": difference.p_value, "propetl_storage_pct": size[label, sparsity],
+                    "other_storage_pct": size[other_label, other_sparsity],
                 })
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 

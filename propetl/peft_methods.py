@@ -183,8 +183,8 @@ def file_bytes(directory: Path) -> int:
     return sum((directory / name).stat().st_size for name in PEFT_FILES)
 
 
-# PEFT's storage switches: (config field, value that stores less). Both ways are measured on disk.
-SWITCHES = {"VERA": ("save_projection", False), "VBLORA": ("save_only_topk_weights", True)}
+# PEFT's storage switches (VeRA's projections, VB-LoRA's full logits): both ways are measured on disk.
+SWITCHES = {"VERA": "save_projection", "VBLORA": "save_only_topk_weights"}
 
 
 def _bytes_both_ways(model: PreTrainedModel) -> dict[str, int]:
@@ -197,7 +197,7 @@ def _bytes_both_ways(model: PreTrainedModel) -> dict[str, int]:
         save(model, Path(tmp) / "as_configured")
         out["as_configured"] = file_bytes(Path(tmp) / "as_configured")
         if kind in SWITCHES:
-            name, smaller = SWITCHES[kind]
+            name = SWITCHES[kind]
             original = getattr(config, name)
             setattr(config, name, not original)
             try:

@@ -11,15 +11,15 @@ storage with it; both None for a model without data (meta tensors).
 
 Storage as a function of the number of tasks N is ``shared_bits + N * task_bits``:
 ``task_bits`` is what one more task costs, head included (32 bits per head parameter), and
-``shared_bits`` what the tasks share.
-
-``storage_min_bits`` is the least a task needs (what tables and figures plot): masks in their coding, and
-for PEFT's methods (:mod:`propetl.peft_methods`) nothing that regenerates from a seed and VB-LoRA's top-k
-only; ``peft`` gives those methods' counts three ways, with the bytes of PEFT's own files. A dedicated method or a single-task ProPETL run shares
+``shared_bits`` what the tasks share. A dedicated method or a single-task ProPETL run shares
 nothing (``shared_bits`` 0); a run on a frozen prototype (``propetl train --prototype``) shares
 the prototype, stored once elsewhere; a multi-task model (:mod:`propetl.multitask`) shares the
 prototype and, in the combined mask layouts, the layer masks, and reports ``shared`` and
 ``per_task`` (``task_bits`` is then the tasks' mean).
+
+``storage_min_bits`` is the least a task needs (what tables and figures plot): masks in their coding, and
+for PEFT's methods (:mod:`propetl.peft_methods`) nothing that regenerates from a seed and VB-LoRA's top-k
+only; ``peft`` gives those methods' counts three ways, with the bytes of PEFT's own files.
 """
 
 from __future__ import annotations
