@@ -30,9 +30,10 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] 
     for f in dataclasses.fields(cls):
         if f.name in skip or (only is not None and f.name not in only):
             continue
-        if list[str] in typing.get_args(hints[f.name]):
+        hint = hints[f.name]
+        if hint == list[str] or list[str] in typing.get_args(hint):
             flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-            if str in typing.get_args(hints[f.name]):  # --task / --prepared: one value, or repeated for several tasks
+            if f.metadata.get("per_task"):  # --task / --prepared: repeated, one per task (`prepare` takes one task)
                 parser.add_argument(*flags, dest=f.name, action="store" if only is not None else "append", default=None,
                                     help=f.metadata["help"] + ("" if only is not None else " (repeatable)"))
             else:  # a list of names: --text-columns premise hypothesis, --metrics bleu chrf

@@ -170,9 +170,15 @@ def check_search_space(space: dict[str, Any]) -> None:
             raise ValueError(f"search space {name}: need 0 <= low < high (low > 0 with log), got {spec}")
 
 
-def _opt(default: Any, help: str) -> Any:
-    """A config field with its default and its --help text (the CLI is generated from the fields)."""
-    return field(default=default, metadata={"help": help})
+def _opt(default: Any, help: str, *, per_task: bool = False) -> Any:
+    """A config field with its default and its --help text (the CLI is generated from the fields).
+
+    ``per_task``: a list with one value per task of the run, whose flag is repeated (``--task a --task b``).
+    """
+    metadata = {"help": help, **({"per_task": True} if per_task else {})}  # the other keys go to argparse as they are
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def check_allowed(name: str, value: Any, allowed: tuple) -> None:
@@ -301,8 +307,8 @@ class TrainConfig:
 
     model: str = _opt("minilm-l6", "backbone: embedded alias (minilm-l6, smollm2-135m), tiny test model (tiny-bert, tiny-llama, "
                                     "tiny-t5, ...), HF hub id or local dir")
-    task: str | list[str] = _opt("rt-polarity", "task name (rt-polarity, snli, glue-*) or a local csv/jsonl/parquet file; "
-                                 "repeat --task to train one model on several tasks (ProPETL methods)")
+    task: list[str] = _opt(["rt-polarity"], "task name (rt-polarity, snli, glue-*) or a local csv/jsonl/parquet file; "
+                           "repeat --task to train one model on several tasks (ProPETL methods)", per_task=True)
     out: str = _opt("runs/default", "run directory")
     label: str | None = _opt(None, "name of this grid entry in tables (default: the method)")
     seed: int = _opt(1, "training seed (head init, mask scores, data order, dropout)")
@@ -342,7 +348,8 @@ class TrainConfig:
     max_train: int | None = _opt(None, "cap on training examples")
     max_val: int | None = _opt(None, "cap on validation examples")
     max_test: int | None = _opt(None, "cap on test examples")
-    prepared: str | list[str] | None = _opt(None, "tokenised task dir to reuse (made by `propetl prepare`), one per --task; default: <out>/data")
+    prepared: list[str] | None = _opt(None, "tokenised task dir to reuse (made by `propetl prepare`), one per --task; default: <out>/data",
+                                      per_task=True)
     task_temperature: float = _opt(10.0, "several --task: a batch's task is drawn with probability ~ size^(1/T) (official: 10)")
     prototype: str | None = _opt(None, "train only masks and head on this frozen prototype: an artifact dir or its prototype.safetensors")
     bf16: bool | None = _opt(None, "bf16 autocast (CPU with AVX512-BF16, or GPU); default: on a GPU that supports it, else off")
@@ -386,32 +393,25 @@ class TrainConfig:
             raise ValueError("bf16 and fp16 both set; choose one autocast precision")
 
     def _normalise_tasks(self) -> None:
-        """One task is a string (the single-task run); several are a list, each named once, with one --prepared each."""
-        tasks = [self.task] if isinstance(self.task, str) else list(self.task)
-        if not tasks or not all(isinstance(t, str) and t for t in tasks):
+        """A run trains a list of tasks, one or several, each named once, with one --prepared each. A single name
+        (a study's or a caller's ``task="snli"``) is the one-task list."""
+        self.task = [self.task] if isinstance(self.task, str) else list(self.task)
+        if not self.task or not all(isinstance(t, str) and t for t in self.task):
             raise ValueError(f"task={self.task!r} must be a task name or a list of them")
-        repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+        repeated = sorted({t for t in self.task if self.task.count(t) > 1})
         if repeated:
             raise ValueError(f"task {repeated[0]!r} is given more than once; each --task names another task")
-        self.task = tasks[0] if len(tasks) == 1 else tasks
-        if isinstance(self.prepared, list):
-            if len(self.prepared) != len(tasks):
-                raise ValueError(f"{len(self.prepared)} --prepared for {len(tasks)} --task; give one per task, in the same order")
-            self.prepared = self.prepared[0] if len(tasks) == 1 else self.prepared
-        elif self.prepared is not None and len(tasks) > 1:
-            raise ValueError(f"one --prepared for {len(tasks)} --task; give one per task, in the same order")
+        if self.prepared is not None:
+            self.prepared = [self.prepared] if isinstance(self.prepared, str) else list(self.prepared)
+            if len(self.prepared) != len(self.task):
+                raise ValueError(f"{len(self.prepared)} --prepared for {len(self.task)} --task; give one per task, in the same order")
         if not self.task_temperature > 0:
             raise ValueError(f"task_temperature={self.task_temperature!r} must be positive")
 
     @property
-    def tasks(self) -> list[str]:
-        """Every task of the run, in the order given."""
-        return [self.task] if isinstance(self.task, str) else list(self.task)
-
-    @property
     def prepared_dirs(self) -> list[str | None]:
         """The --prepared dir of each task (None: tokenise into the run directory)."""
-        return self.prepared if isinstance(self.prepared, list) else [self.prepared] * len(self.tasks)
+        return self.prepared or [None] * len(self.task)
 
     @property
     def file_options(self) -> dict[str, Any]:

@@ -162,9 +162,9 @@ class TrainClock(TrainerCallback):
 
 def run_identity(cfg: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
     """What a metrics.json says about which run it is, whatever the run's outcome."""
-    slugs = [task_slug(task) for task in cfg.tasks]
+    slugs = [task_slug(task) for task in cfg.task]
     return {
-        "task": cfg.task if len(slugs) == 1 else tasks_slug(cfg.tasks),
+        "task": cfg.task[0] if len(slugs) == 1 else tasks_slug(cfg.task),
         **({"task_names": slugs, "task_masks": petl_config.task_masks, "task_temperature": cfg.task_temperature} if len(slugs) > 1 else {}),
         **({"prototype": cfg.prototype} if cfg.prototype else {}),
         **({"task_format": cfg.task_format} if cfg.task_format != "classifier" else {}),

@@ -295,7 +295,7 @@ class Study:
                 _fail(f"tuning.same_budget: entry {label!r} is not tuned; every method of a fair study is tuned alike "
                       "(set tune: true, or tuning.same_budget: false)")
             for task in self.entry_tasks(entry):
-                trial = {**self.tune_training(task), **entry["params"]}
+                trial = {**self.tune_training(task), **self.params_on(entry, task)}
                 budget = {key: trial.get(key, getattr(TrainConfig, key)) for key in self.TRIAL_BUDGET}
                 if task in budgets and budgets[task][1] != budget:
                     other, theirs = budgets[task]
@@ -322,20 +322,27 @@ class Study:
         for task in entry["sweep"]:
             if task not in self.tasks:
                 _fail(f"{where}.sweep: task {task!r} is not in tasks; allowed: {', '.join(self.tasks)}")
+        for task in entry["task_params"]:
+            allowed = entry.get("tasks", self.tasks)
+            if task not in allowed or self.is_group(entry):
+                _fail(f"{where}.task_params: task {task!r} is not one this entry runs on alone; allowed: "
+                      + (", ".join(allowed) if not self.is_group(entry) else "none (a multi-task group trains once on all its tasks)"))
         if entry["sweep"] and (entry["method"] not in PROPETL_METHODS or entry.get("mask_mode") == "none"):
             _fail(f"{where}.sweep: only ProPETL methods with masks have a sparsity to sweep, not this entry")
-        petl_params = {k: v for k, v in entry["params"].items() if k in PETL_KEYS}
         given = {k: entry[k] for k in ("sparsity", "mask_mode", "share") if k in entry}
         sweeps = [value for values in entry["sweep"].values() for value in values]
-        for sparsity in [given.get("sparsity"), *sweeps]:
-            petl = _checked(where, PETLConfig, method=entry["method"], **{**given, "sparsity": sparsity}, **petl_params)
-        if petl.is_peft:
-            _checked(where, check_peft, petl)
-        train_params = {k: v for k, v in entry["params"].items() if k in TRAIN_KEYS}
+        for task in self.entry_tasks(entry) if entry["task_params"] else [None]:
+            here = f"{where}.task_params.{task}" if task in entry["task_params"] else where
+            petl_params = {k: v for k, v in self.params_on(entry, task).items() if k in PETL_KEYS}
+            for sparsity in [given.get("sparsity"), *sweeps]:
+                petl = _checked(here, PETLConfig, method=entry["method"], **{**given, "sparsity": sparsity}, **petl_params)
+            if petl.is_peft:
+                _checked(here, check_peft, petl)
         for task in self.entry_tasks(entry):
-            _checked(where, TrainConfig, **{**self.task_training(task), **train_params})
-        if entry["budget_scale"] != 1 and not self.is_group(entry):
-            for task in self.entry_tasks(entry):
+            here = f"{where}.task_params.{task}" if task in entry["task_params"] else where
+            train_params = {k: v for k, v in self.params_on(entry, task).items() if k in TRAIN_KEYS}
+            _checked(here, TrainConfig, **{**self.task_training(task), **train_params})
+            if entry["budget_scale"] != 1 and not self.is_group(entry):
                 if "max_steps" not in self.task_training(task):
                     _fail(f"{where}.budget_scale: scales max_steps, but task {task!r} has none (set training.max_steps)")
                 scaled = self._scaled(self.task_training(task), entry["budget_scale"])
@@ -364,8 +371,13 @@ class Study:
         return len(entry.get("tasks", [])) > 1
 
     def entry_tasks(self, entry: dict) -> list[str]:
-        """The task names an entry runs on (every task unless it names some)."""
-        return list(entry.get("tasks", self.tasks))
+        """The task names an entry runs on: those it names in tasks, else those it has task_params for, else every task."""
+        return list(entry["tasks"] if "tasks" in entry else entry["task_params"] or self.tasks)
+
+    @staticmethod
+    def params_on(entry: dict, task: str | None) -> dict:
+        """An entry's params on a task: its params, that task's task_params on top (None: a group's, params only)."""
+        return {**entry["params"], **entry["task_params"].get(task, {})}
 
     def group_slug(self, entry: dict) -> str:
         return runs.tasks_slug(entry["tasks"])
@@ -469,7 +481,7 @@ class Study:
             "model": self.config["model"], "task": self.task_names[slug] if slug else None, "data_seed": self.config["data_seed"],
             "label": label, "method": entry["method"], "sparsity": None if sparsity == "-" else sparsity,
             "mask_mode": entry.get("mask_mode"), "share": entry.get("share"), "seed": seed,
-            **self._explicit(entry, {**training, **entry["params"]}),
+            **self._explicit(entry, {**training, **self.params_on(entry, self.task_names[slug] if slug else None)}),
         })
 
     @staticmethod

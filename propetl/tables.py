@@ -213,8 +213,9 @@ def render_paper_table(runs: pd.DataFrame, pm: str = " ± ") -> pd.DataFrame:
     return shown
 
 
-def published_comparison(runs: pd.DataFrame, published_csv: str | Path) -> pd.DataFrame:
-    """Published vs our test combined score (%), per method, task and our sparsity.
+def published_comparison(runs: pd.DataFrame, published_csvs: Sequence[str | Path]) -> pd.DataFrame:
+    """Published vs our test combined score (%), per method, task and our sparsity, from every published
+    table given (the ProPETL paper's, the competitors' papers': columns method, task, metric, value).
 
     Only our main grid entries (label == method) are compared; ablations have no
     published counterpart. The published combined score is the mean of the metrics
@@ -222,7 +223,7 @@ def published_comparison(runs: pd.DataFrame, published_csv: str | Path) -> pd.Da
     ``combined_score`` is defined. The published ``avg`` row is not compared: it
     averages a different set of numbers (see results/published/README.md).
     """
-    published = pd.read_csv(published_csv)
+    published = pd.concat([pd.read_csv(path)[["method", "task", "metric", "value"]] for path in published_csvs])
     published = published[published["task"] != "avg"]
     reference = (
         published.groupby(["method", "task"])
@@ -362,7 +363,7 @@ def _latex(shown: pd.DataFrame) -> str:
 def write_tables(
     results_root: str | Path,
     out_dir: str | Path,
-    published_csv: str | Path | None = None,
+    published_csvs: Sequence[str | Path] | None = None,
     run_dirs: Sequence[str | Path] | None = None,
 ) -> list[Path]:
     """Write runs.csv, cells.csv, paper_table.{csv,md,tex}, comparison.{csv,md} (:mod:`propetl.comparison`: each
@@ -370,10 +371,10 @@ def write_tables(
     ladder (:func:`has_budget_ladder`) budget.csv and budget_gap.{csv,md}, and for multi-task
     groups (:func:`has_groups`) multitask.{csv,md} and storage_by_tasks.csv.
 
-    ``published_csv`` defaults to ``<results_root>/published/propetl_table1.csv``.
-    published_vs_ours.csv is written whenever that file exists (only a header when no
+    ``published_csvs`` defaults to every ``<results_root>/published/*.csv`` (the paper's and the competitors' rows).
+    published_vs_ours.csv is written whenever there is one (only a header when no
     run matches a published cell, so the pipeline can declare it as an output) and a
-    stale one removed when it does not. ``run_dirs``: see :func:`collect_runs`.
+    stale one removed when there is none. ``run_dirs``: see :func:`collect_runs`.
     """
     root, out = Path(results_root), Path(out_dir)
     runs = collect_runs(root, run_dirs)
@@ -388,10 +389,10 @@ def write_tables(
     compared = comparison_table(runs, root)
     written += [write_text(out / "comparison.csv", compared.to_csv(index=False)),
                 write_text(out / "comparison.md", _markdown(render_comparison(compared).set_index("task")))]
-    published_csv = Path(published_csv) if published_csv else root / "published" / "propetl_table1.csv"
+    published_csvs = sorted((root / "published").glob("*.csv")) if published_csvs is None else published_csvs
     comparison_path = out / "published_vs_ours.csv"
-    if published_csv.exists():
-        written.append(write_text(comparison_path, published_comparison(runs, published_csv).to_csv(index=False)))
+    if published_csvs:
+        written.append(write_text(comparison_path, published_comparison(runs, published_csvs).to_csv(index=False)))
     else:  # never leave a comparison with numbers the results root no longer has
         comparison_path.unlink(missing_ok=True)
     budget_files = [out / "budget.csv", out / "budget_gap.csv", out / "budget_gap.md"]

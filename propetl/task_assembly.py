@@ -1,6 +1,7 @@
-"""A run's tasks assembled for training: each task's tokenised splits checked against the run,
-and for several tasks one training set of task-tagged rows, validation and test per task, and
-the batch sampler that keeps every batch to one task.
+"""A run's tasks assembled for training: each task's tokenised splits checked against the run, then
+one training set, validation and test per task, and each task's metrics. A single-task run is the
+case of one task; several tasks' rows are tagged with their task and drawn by a batch sampler that
+keeps every batch to one task.
 
 Everything a bad task could fail on is checked before any data or model is loaded
 (:func:`check_tasks`), and tokenised data made for another run is refused (``--prepared``).
@@ -26,13 +27,13 @@ from .task_sampler import TemperatureBatchSampler
 def check_tasks(cfg: TrainConfig, petl_config: PETLConfig) -> None:
     """What no data or model load should be spent on: unknown tasks, bad files, a multi-task run of a method without
     masks, classifier and generated tasks in one run, a generated task on an encoder."""
-    for what, asked in (("several --task", len(cfg.tasks) > 1), ("--prototype", cfg.prototype)):
+    for what, asked in (("several --task", len(cfg.task) > 1), ("--prototype", cfg.prototype)):
         if asked:
             petl_config.require_learned_masks(what)
-    slugs = [task_slug(task) for task in cfg.tasks]
+    slugs = [task_slug(task) for task in cfg.task]
     if len(set(slugs)) < len(slugs):
-        raise ValueError(f"tasks {cfg.tasks} share a name ({', '.join(slugs)}); rename a task file")
-    kinds = {task_slug(task): kind_of(get_task_spec(task, **cfg.file_options), cfg.task_format).name for task in cfg.tasks}
+        raise ValueError(f"tasks {cfg.task} share a name ({', '.join(slugs)}); rename a task file")
+    kinds = {task_slug(task): kind_of(get_task_spec(task, **cfg.file_options), cfg.task_format).name for task in cfg.task}
     run_kind({slug: {"task_kind": kind} for slug, kind in kinds.items()})
     if GENERATOR.name in kinds.values() and generator_kind(cfg.model) is None:
         raise ValueError(f"model {cfg.model!r} is an encoder; generated tasks ({', '.join(kinds)}) need an encoder-decoder (t5) "
@@ -54,10 +55,10 @@ def _check_prepared(path: str | Path, info: dict[str, Any], cfg: TrainConfig, ta
 def load_tasks(cfg: TrainConfig, files: RunFiles) -> dict[str, tuple[Any, dict[str, Any]]]:
     """Each task's tokenised splits and info, by slug (its own data dir under the run for several tasks)."""
     loaded = {}
-    for task, prepared in zip(cfg.tasks, cfg.prepared_dirs):
+    for task, prepared in zip(cfg.task, cfg.prepared_dirs):
         slug = task_slug(task)
         path = prepared or prepare_task(
-            task, cfg.model, files.data / slug if len(cfg.tasks) > 1 else files.data, data_seed=cfg.data_seed,
+            task, cfg.model, files.data / slug if len(cfg.task) > 1 else files.data, data_seed=cfg.data_seed,
             max_length=cfg.max_length, max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test,
             task_format=cfg.task_format, max_new_tokens=cfg.max_new_tokens, **cfg.file_options,
         )
@@ -71,35 +72,34 @@ def load_tasks(cfg: TrainConfig, files: RunFiles) -> dict[str, tuple[Any, dict[s
 
 @dataclass
 class Splits:
-    """What the Trainer trains and evaluates on: for one task its splits, for several each task's
-    validation and test by slug, one training set and its task-pure batch sampler."""
+    """What the Trainer trains and evaluates on: one training set, and each task's validation and test split,
+    info and metrics by slug (one entry for a single task)."""
 
     train: Any
-    validation: Any
-    test: Any
-    info: dict[str, Any]
-    """The prepared data's info; for several tasks a dict task -> info."""
-    task_metrics: dict[str, Any] | None = None
-    sampler: TemperatureBatchSampler | None = None
+    validation: dict[str, Any]
+    test: dict[str, Any]
+    info: dict[str, dict[str, Any]]
+    task_metrics: dict[str, Any]
+    sampler: TemperatureBatchSampler | None
+    """Several tasks: the sampler that draws each batch's task; one task: None (the Trainer's length-grouped batches)."""
 
 
-def single_task(loaded: dict[str, tuple[Any, dict[str, Any]]]) -> Splits:
-    (data, info), = loaded.values()
-    return Splits(data["train"], data["validation"], data["test"], info)
+def assemble(loaded: dict[str, tuple[Any, dict[str, Any]]], cfg: TrainConfig, metrics: Callable[[dict[str, Any]], Any]) -> Splits:
+    """The run's splits; ``metrics(info)`` is a task's ``compute_metrics`` (its kind's, :mod:`propetl.task_kinds`).
 
-
-def multi_task(loaded: dict[str, tuple[Any, dict[str, Any]]], cfg: TrainConfig, metrics: Callable[[dict[str, Any]], Any]) -> Splits:
-    """Every task's rows tagged with its index and concatenated for training, drawn task by task by temperature;
-    ``metrics(info)`` is a task's ``compute_metrics`` (its kind's, :mod:`propetl.task_kinds`)."""
-    tagged = {slug: _tag(data, i) for i, (slug, (data, _)) in enumerate(loaded.items())}
+    Several tasks' rows are tagged with their task's index and concatenated for training, each batch's task drawn by
+    temperature; a single task's rows train as they are, in the Trainer's own length-grouped batches.
+    """
+    several = len(loaded) > 1
+    data = {slug: _tag(splits, i) if several else splits for i, (slug, (splits, _)) in enumerate(loaded.items())}
     return Splits(
-        train=concatenate_datasets([data["train"] for data in tagged.values()]),
-        validation={slug: data["validation"] for slug, data in tagged.items()},
-        test={slug: data["test"] for slug, data in tagged.items()},
+        train=concatenate_datasets([splits["train"] for splits in data.values()]),
+        validation={slug: splits["validation"] for slug, splits in data.items()},
+        test={slug: splits["test"] for slug, splits in data.items()},
         info={slug: info for slug, (_, info) in loaded.items()},
         task_metrics={slug: metrics(info) for slug, (_, info) in loaded.items()},
-        sampler=TemperatureBatchSampler([len(data["train"]) for data in tagged.values()], cfg.batch_size,
-                                        cfg.task_temperature, cfg.seed),
+        sampler=TemperatureBatchSampler([len(splits["train"]) for splits in data.values()], cfg.batch_size,
+                                        cfg.task_temperature, cfg.seed) if several else None,
     )
 
 

@@ -46,47 +46,51 @@ def strip(metrics: dict[str, float], prefix: str, drop: tuple[str, ...] = (*SPEE
 
 
 class PETLTrainer(Trainer):
-    """The Trainer with per-group learning rates, divergence checks and, for several tasks,
-    task-pure batches, a task switch per batch and a validation pass per task."""
+    """The Trainer with per-group learning rates, divergence checks, a validation pass per task and, for several
+    tasks, task-pure batches and a task switch per batch."""
 
-    def __init__(self, *args, run_config: TrainConfig, task_metrics: dict[str, Any] | None = None,
+    def __init__(self, *args, run_config: TrainConfig, task_metrics: dict[str, Any],
                  batch_sampler: TemperatureBatchSampler | None = None, generation: GenerationConfig | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_config = run_config
         self.task_metrics, self.batch_sampler = task_metrics, batch_sampler
         self.generation = generation
-        self.task_names = list(task_metrics or ())
+        self.task_names = list(task_metrics)
         self.first_loss: float | None = None  # of this session: a resumed run compares with its first step
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+    def evaluate(self, eval_dataset: dict[str, Any] | None = None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Each task's split (``eval_dataset``: by task, default the validation splits) with its own metrics.
+
+        Several tasks give ``{prefix}_{task}/{metric}`` and ``{prefix}_combined_score``, the tasks' mean, which
+        selects the checkpoint; a single task gives ``{prefix}_{metric}``, its loss included.
+        """
         # Trainer autocasts training steps only; evaluation in fp32 costs ~2x on CPU
         with (timing.phase("test" if metric_key_prefix == "test" else "validation"),
               torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=self.run_config.bf16)):
             datasets = self.eval_dataset if eval_dataset is None else eval_dataset
-            if not isinstance(datasets, dict):
-                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            return self._evaluate_tasks(datasets, ignore_keys, metric_key_prefix)
+            several = len(datasets) > 1
+            metrics: dict[str, float] = {}
+            for task, dataset in datasets.items():
+                if several:
+                    set_task(self.model, task)
+                self.compute_metrics = self.task_metrics[task]
+                output = self.evaluation_loop(self.get_eval_dataloader(dataset), description=f"Evaluation {task}",
+                                              ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+                dropped = (*SPEED_KEYS, "loss") if several else SPEED_KEYS  # a single task's history keeps its loss
+                metrics |= {f"{metric_key_prefix}_{task + '/' if several else ''}{key}": value
+                            for key, value in strip(output.metrics, metric_key_prefix + "_", drop=dropped).items()}
+            if several:
+                metrics[f"{metric_key_prefix}_combined_score"] = float(np.mean(
+                    [metrics[f"{metric_key_prefix}_{task}/combined_score"] for task in datasets]))
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
 
     def evaluation_order(self, dataset: Any) -> list[int]:
         """The dataset rows in the order evaluation visits them: the Trainer's length-grouped evaluation sampler draws
         its batches with a generator seeded by the run's seed, so the order differs between seeds (never the scores)."""
         sampler = self._get_eval_sampler(dataset)
         return list(range(len(dataset))) if sampler is None else list(sampler)
-
-    def _evaluate_tasks(self, datasets: dict[str, Any], ignore_keys, prefix: str) -> dict[str, float]:
-        """``{prefix}_{task}/{metric}`` per task and ``{prefix}_combined_score``, the tasks' mean (selects the checkpoint)."""
-        metrics: dict[str, float] = {}
-        for task, dataset in datasets.items():
-            set_task(self.model, task)
-            self.compute_metrics = self.task_metrics[task]
-            output = self.evaluation_loop(self.get_eval_dataloader(dataset), description=f"Evaluation {task}",
-                                          ignore_keys=ignore_keys, metric_key_prefix=prefix)
-            metrics |= {f"{prefix}_{task}/{key.removeprefix(prefix + '_')}": value for key, value in output.metrics.items()
-                        if key.removeprefix(prefix + "_") not in ("loss", *SPEED_KEYS)}
-        metrics[f"{prefix}_combined_score"] = float(np.mean([metrics[f"{prefix}_{task}/combined_score"] for task in datasets]))
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Generated token ids (and the target ids as labels) for generation tasks (:mod:`propetl.task_kinds`), the

@@ -12,9 +12,10 @@ The run directory is the contract the pipeline reads:
 A killed run restarted with the same command resumes from its last checkpoint
 (transformers restores model, optimiser, scheduler, RNG and data order).
 
-Several ``--task`` train one ProPETL network on all of them (:mod:`propetl.multitask`):
-every batch comes from one task (:mod:`propetl.task_sampler`), validation runs per task
-and the checkpoint with the best mean of the tasks' combined scores is kept.
+A run trains a list of tasks; a single-task run is the list of one. Several ``--task`` train one
+ProPETL network on all of them (:mod:`propetl.multitask`): every batch comes from one task
+(:mod:`propetl.task_sampler`), validation runs per task and the checkpoint with the best mean of
+the tasks' combined scores is kept.
 
 This module is the run's steps in order; each concept they use has its own module:
 :mod:`propetl.task_assembly` (the tasks' data), :mod:`propetl.trainer` (what propetl changes in
@@ -42,9 +43,9 @@ from .config import PETLConfig, TrainConfig, effective_defaults
 from .petl_model import apply_multitask_petl, apply_petl
 from .run_state import History, TrainClock
 from .predictions import write_predictions
-from .runs import RunFiles, task_slug
+from .runs import RunFiles
 from .storage import storage_report
-from .task_assembly import Splits, check_tasks, load_tasks, multi_task, single_task
+from .task_assembly import Splits, assemble, check_tasks, load_tasks
 from .task_kinds import run_kind
 from .trainer import Diverged, PETLTrainer, strip
 
@@ -80,10 +81,10 @@ class Fitted:
 
     config: TrainConfig
     trainer: Trainer
-    test: Any
-    """The test split; for several tasks a dict task -> test split."""
-    info: dict[str, Any]
-    """The prepared data's info; for several tasks a dict task -> info."""
+    test: dict[str, Any]
+    """Each task's test split, by slug."""
+    info: dict[str, dict[str, Any]]
+    """Each task's prepared data info, by slug."""
     train_time_s: float | None
     """Wall time of training incl. its validation passes, summed over resumed sessions (None: unknown)."""
     examples_per_s: float | None
@@ -128,13 +129,9 @@ def _build_trainer(cfg: TrainConfig, petl_config: PETLConfig, callbacks: list[Tr
     kind, tokenizer = run_kind(infos), load_tokenizer(cfg.model)
     set_seed(cfg.seed)
     models = kind.load_models(cfg, infos)
-    metrics_of = lambda info: kind.metrics(info, tokenizer)  # noqa: E731
-    if len(loaded) == 1:
-        model = apply_petl(next(iter(models.values())), petl_config)
-        splits = single_task(loaded)
-    else:
-        model = apply_multitask_petl(models, petl_config)
-        splits = multi_task(loaded, cfg, metrics_of)
+    # a single task's model needs no task switch, so its artifact is the plain single-task one
+    model = apply_petl(*models.values(), petl_config) if len(models) == 1 else apply_multitask_petl(models, petl_config)
+    splits = assemble(loaded, cfg, lambda info: kind.metrics(info, tokenizer))
     if cfg.prototype:
         load_frozen_prototype(model, cfg.prototype)
 
@@ -175,7 +172,6 @@ def _build_trainer(cfg: TrainConfig, petl_config: PETLConfig, callbacks: list[Tr
         train_dataset=splits.train,
         eval_dataset=splits.validation,
         data_collator=kind.collator(tokenizer, model),
-        compute_metrics=metrics_of(splits.info) if splits.task_metrics is None else None,
         callbacks=list(callbacks),
         run_config=cfg,
         task_metrics=splits.task_metrics,
@@ -206,16 +202,17 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
     best_step = run_state.best_step(trainer.state.best_model_checkpoint)
     val = run_state.validation_at(files.history, best_step)
     test = strip(trainer.evaluate(fitted.test, metric_key_prefix="test"), "test_")
-    scorers = trainer.task_metrics or {cfg.tasks[0]: trainer.compute_metrics}
-    tests = fitted.test if isinstance(fitted.test, dict) else {task_slug(cfg.tasks[0]): fitted.test}
-    write_predictions(files.predictions, {task_slug(task): (*scorer.last, trainer.evaluation_order(tests[task_slug(task)]))
-                                          for task, scorer in scorers.items()})
+    write_predictions(files.predictions, {task: (*trainer.task_metrics[task].last, trainer.evaluation_order(split))
+                                          for task, split in fitted.test.items()})
     model.eval()
     with timing.phase("save"):
         artifact = save_petl(model, files.artifact, backbone=model_identity(cfg.model))
         report = storage_report(model)
-    per_task = {}
-    if isinstance(fitted.test, dict):  # several tasks: scores and bytes per task, the mean on top
+    # a run's record: a single task's scores and data at the top (as every committed run's);
+    # several tasks' scores and bytes per task, their mean on top
+    per_task, data_info = {}, next(iter(fitted.info.values()))
+    if len(fitted.test) > 1:
+        data_info = fitted.info
         per_task = {"tasks": {task: {"val": _of_task(val, task), "test": _of_task(test, task),
                                      "artifact_bytes": artifact_bytes(artifact, task)} for task in fitted.test}}
         val, test = {"combined_score": val["combined_score"]}, {"combined_score": test["combined_score"]}
@@ -233,11 +230,10 @@ def train(train_config: TrainConfig, petl_config: PETLConfig) -> dict[str, Any]:
         "train_time_s": fitted.train_time_s,
         "examples_per_s": fitted.examples_per_s,
         "peak_memory_mb": _peak_memory_mb(),
-        "split_sizes": ({task: info["split_sizes"] for task, info in fitted.info.items()} if per_task
-                        else fitted.info["split_sizes"]),
+        "split_sizes": {task: info["split_sizes"] for task, info in fitted.info.items()} if per_task else data_info["split_sizes"],
     }
     log.info("finished: val %s test %s", val, test)
-    return run_state.finish(cfg, petl_config, metrics_out, fitted.info, started)
+    return run_state.finish(cfg, petl_config, metrics_out, data_info, started)
 
 
 def _of_task(metrics: dict[str, float], task: str) -> dict[str, float]:

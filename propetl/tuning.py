@@ -88,7 +88,7 @@ def tune(
     storage = Path(storage)
     storage.parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
-        study_name=runs.study_name(runs.tasks_slug(train_config.tasks), train_config.label or petl_config.method, petl_config.sparsity),
+        study_name=runs.study_name(runs.tasks_slug(train_config.task), train_config.label or petl_config.method, petl_config.sparsity),
         storage=JournalStorage(JournalFileBackend(str(storage))),
         load_if_exists=True,
         direction="maximize",

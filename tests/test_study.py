@@ -84,6 +84,17 @@ def test_flags_render_every_value_type_the_cli_reads():
         "--max-steps 10 --bf16 --fp16 false --lora-targets query key")
 
 
+def test_task_params_set_an_entry_per_task_and_keep_it_to_those_tasks():
+    cfg = config()
+    cfg["tuning"]["enabled"] = False
+    cfg["methods"][2].update(params={"lr": 2e-3, "weight_decay": 0.0}, task_params={"snli": {"lr": 3e-3, "max_steps": 90}})
+    s = study(cfg)
+    assert {run.task for run in s.grid() if run.label == "adapter"} == {"snli"}  # only the tasks it has settings for
+    assert {run.task for run in s.grid() if run.label == "lora"} == {"rt-polarity", "snli"}
+    command = s.train_flags("snli", "adapter", "-", 1)
+    assert "--lr 0.003" in command and "--max-steps 90" in command and "--weight-decay 0.0" in command
+
+
 def test_a_job_command_spells_out_the_defaults_and_the_entry_wins():
     command = study(config("ci")).train_flags("sentiment", "propetl-adapter", "0.9", 1)
     for shown in ("--lr 0.005", "--mask-lr 0.01", "--batch-size 16", "--warmup-ratio 0.1", "--weight-decay 0.0",
@@ -162,6 +173,12 @@ BAD = {
                               ["methods[6]", "each at most once"]),
     "budget scaled to nothing": (_bad(lambda c: c["methods"][0].update(budget_scale=0.001)),
                                  ["methods[0]", ".budget_scale", "=0 must be a positive integer"]),
+    "task_params on a task the study lacks": (_bad(lambda c: c["methods"][0].update(task_params={"glue-rte": {"lr": 1e-3}})),
+                                              ["methods[0]", ".task_params", "'glue-rte'", "allowed: rt-polarity, snli"]),
+    "task_params value out of range": (_bad(lambda c: c["methods"][0].update(task_params={"snli": {"lr": -1.0}})),
+                                       ["methods[0] (label 'full').task_params.snli", "lr=-1.0 must be positive"]),
+    "task_params on a group": (_bad(lambda c: c["methods"][4].update(task_params={"snli": {"lr": 1e-3}}), "multitask"),
+                               ["methods[4]", ".task_params", "a multi-task group trains once on all its tasks"]),
     "group of a dedicated method": (_bad(lambda c: c["methods"][1].update(tasks=["rt-polarity", "debates"]), "multitask"),
                                     ["methods[1]", ".tasks", "several tasks needs a ProPETL method", "got method 'adapter'"]),
     "group task not in tasks": (_bad(lambda c: c["methods"][4].update(tasks=["rt-polarity", "glue-rte"]), "multitask"),

@@ -17,6 +17,7 @@ from propetl import tables
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results"
 PUBLISHED = Path(__file__).parents[1] / "results" / "published" / "propetl_table1.csv"
+COMPETITORS = PUBLISHED.with_name("competitors_table2.csv")
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_rendered_table_shows_mean_pm_the_95_percent_interval_over_seeds(runs):
 
 
 def test_write_tables_writes_every_format_with_the_numbers(tmp_path):
-    written = tables.write_tables(FIXTURE, tmp_path, published_csv=PUBLISHED)
+    written = tables.write_tables(FIXTURE, tmp_path, published_csvs=[PUBLISHED])
     names = {p.name for p in written}
     assert names == {"runs.csv", "cells.csv", "paper_table.csv", "paper_table.md", "paper_table.tex",
                      "comparison.csv", "comparison.md", "published_vs_ours.csv"}
@@ -152,7 +153,7 @@ def test_write_tables_writes_every_format_with_the_numbers(tmp_path):
 
 
 def test_published_comparison_matches_main_entries_by_method_and_task(runs):
-    comparison = tables.published_comparison(runs, PUBLISHED)
+    comparison = tables.published_comparison(runs, [PUBLISHED, COMPETITORS])
     assert set(comparison["method"]) == {"propetl-adapter"}  # the -random ablation has no published counterpart
     assert {"published", "ours"} <= set(comparison.columns)
     mrpc = comparison[(comparison["task"] == "glue-mrpc") & (comparison["sparsity"] == 0.5)].squeeze()
@@ -163,6 +164,14 @@ def test_published_comparison_matches_main_entries_by_method_and_task(runs):
     assert len(comparison) == 4  # 2 tasks x 2 sparsities
 
 
+def test_a_competitor_run_meets_its_own_papers_published_row(runs):
+    vera = runs[(runs["label"] == "adapter") & (runs["task"] == "glue-mrpc")].assign(method="vera", label="vera")
+    comparison = tables.published_comparison(pd.concat([runs, vera]), [PUBLISHED, COMPETITORS])
+    row = comparison[comparison["method"] == "vera"].squeeze()
+    assert (row["task"], row["published_metrics"], row["published"]) == ("glue-mrpc", "accuracy", 89.5)  # VeRA Table 2
+    assert row["ours"] == pytest.approx(82.0)  # the adapter runs' mean, relabelled (the paper table's 82.00)
+
+
 def test_without_overlap_the_comparison_is_a_header_and_without_published_numbers_it_is_gone(tmp_path):
     # a declared output of the pipeline's tables rule: always written while the published file exists
     only_lora = tmp_path / "published.csv"
@@ -171,9 +180,9 @@ def test_without_overlap_the_comparison_is_a_header_and_without_published_number
     comparison = tmp_path / "out" / "published_vs_ours.csv"
     comparison.parent.mkdir()
     comparison.write_text("old\n")
-    assert comparison in tables.write_tables(FIXTURE, tmp_path / "out", published_csv=only_lora)
+    assert comparison in tables.write_tables(FIXTURE, tmp_path / "out", published_csvs=[only_lora])
     assert pd.read_csv(comparison).empty and "ours_minus_published" in comparison.read_text()
-    written = tables.write_tables(FIXTURE, tmp_path / "out", published_csv=tmp_path / "missing.csv")
+    written = tables.write_tables(FIXTURE, tmp_path / "out", published_csvs=[])
     assert comparison not in written and not comparison.exists()
 
 

@@ -74,10 +74,11 @@ def test_generation_scores_equal_rouge_score_and_sacrebleu_called_directly_on_th
     cfg = config(generation_jsonl, tmp_path / "run", model, task_type="generation", metrics=["rouge1", "rouge2", "rougeL", "bleu", "chrf"],
                  max_steps=40, eval_every=40)
     fitted = fit(cfg, PETLConfig(method="full"))
-    prediction = fitted.trainer.predict(fitted.test)
+    test, = fitted.test.values()
+    prediction = fitted.trainer.predict(test)
     tokenizer = load_tokenizer(model)
     predicted, references = texts(tokenizer, prediction.predictions), texts(tokenizer, prediction.label_ids)
-    assert len(predicted) == len(fitted.test) and any(predicted)
+    assert len(predicted) == len(test) and any(predicted)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     scores = [scorer.score(r, p) for p, r in zip(predicted, references)]
     expected = {key: np.mean([s[key].fmeasure for s in scores]) for key in ("rouge1", "rouge2", "rougeL")}
@@ -91,9 +92,10 @@ def test_generation_scores_equal_rouge_score_and_sacrebleu_called_directly_on_th
 def test_a_decoder_generates_each_prompt_of_a_padded_batch_as_it_would_alone(generation_jsonl, tmp_path):
     fitted = fit(config(generation_jsonl, tmp_path / "run", "tiny-llama", task_type="generation", max_steps=20, eval_every=20),
                  PETLConfig(method="propetl-adapter"))
-    batched = fitted.trainer.predict(fitted.test).predictions
+    test, = fitted.test.values()
+    batched = fitted.trainer.predict(test).predictions
     model = fitted.trainer.model.eval()
-    for row, generated in zip(fitted.test, batched):
+    for row, generated in zip(test, batched):
         alone = model.generate(input_ids=torch.tensor([row["input_ids"]]), generation_config=fitted.trainer.generation)[0, len(row["input_ids"]):]
         assert generated[generated >= 0][: len(alone)].tolist() == alone.tolist()
 
@@ -106,7 +108,7 @@ def test_a_text_to_text_classification_run_scores_exact_match_of_the_generated_l
 
     fitted = fit(config(sentiment_csv, tmp_path / "run", "tiny-t5", task_format="text-to-text", max_steps=40, eval_every=40),
                  PETLConfig(method="full"))
-    prediction = fitted.trainer.predict(fitted.test)
+    prediction = fitted.trainer.predict(fitted.test["sentiment"])
     predicted, references = texts(tokenizer, prediction.predictions), texts(tokenizer, prediction.label_ids)
     assert set(references) == {"neg", "pos"}
     assert prediction.metrics["test_accuracy"] == pytest.approx(np.mean([p == r for p, r in zip(predicted, references)]))

@@ -46,7 +46,8 @@ def expected_train_jobs(config: dict) -> int:
         1 if len(entry.get("tasks", [])) > 1 else len(entry.get("sweep", {}).get(task) or [None])
         for entry in config["methods"]
         if entry.get("enabled", True)
-        for task in (entry["tasks"][:1] if len(entry.get("tasks", [])) > 1 else entry.get("tasks", config["tasks"]))
+        for task in (entry["tasks"][:1] if len(entry.get("tasks", [])) > 1
+                     else entry.get("tasks", entry.get("task_params") or config["tasks"]))
     )
     return per_seed * len(config["seeds"])
 
@@ -127,15 +128,27 @@ def test_each_study_is_valid_against_the_schema(name):
 # ---------------------------------------------------------------- the grid
 
 
+# The competitors' published RoBERTa-base GLUE settings (results/published/README.md): task -> (epochs, the method's lr,
+# the head's lr[, FourierFT scaling]). VeRA: Kopiczko et al., ICLR 2024, Table 8. FourierFT: Gao et al., ICML 2024,
+# Table 9 and the official experiments/GLUE/<task>-base-best.sh.
+VERA_GLUE = {"glue-sst2": (60, 4e-3, 4e-3), "glue-mrpc": (30, 1e-2, 4e-3), "glue-cola": (80, 1e-2, 1e-2),
+             "glue-qnli": (25, 1e-2, 4e-3), "glue-rte": (160, 4e-3, 1e-2), "glue-stsb": (80, 1e-2, 1e-2)}
+FOURIERFT_GLUE = {"glue-sst2": (40, 5e-2, 6e-3, 140), "glue-mrpc": (30, 5e-2, 6e-3, 151), "glue-cola": (100, 1.2e-1, 8e-3, 49),
+                  "glue-qnli": (40, 1e-1, 1e-3, 29), "glue-rte": (90, 9e-2, 1.1e-2, 110), "glue-stsb": (60, 9e-2, 9e-3, 84)}
+
+
 def test_paper_study_plans_168_runs_with_every_official_hyperparameter_spelled_out(workdir):
     config = study("paper")
     output = dry_run(workdir, "--configfile", "workflow/configs/paper.yaml")
     counts = job_counts(output)
-    assert counts["train"] == expected_train_jobs(config) == 8 * 3 * 7 == 168
+    assert counts["train"] == expected_train_jobs(config) == 8 * 3 * 7 + 2 * 6 * 3 == 204
     assert counts["prepare"] == 8 and counts["tables"] == counts["figures"] == 1
     assert "tune" not in counts
+    competitors = [parse_job(argv) for argv in commands(output, "train") if parse_job(argv).method in ("vera", "fourierft")]
     for argv in commands(output, "train"):
         args = parse_job(argv)  # every flag the workflow writes is one `propetl train` takes
+        if args.method in ("vera", "fourierft"):
+            continue  # their own papers' settings: the next test
         assert args.model == "roberta-base" and args.max_length is None and args.params is None
         # a reader of the plan sees the whole setting: no hyperparameter is left to a default
         shown = ["--lr", "--batch-size", "--warmup-ratio", "--weight-decay", "--epochs", "--eval-strategy", "--fp16"]
@@ -155,6 +168,17 @@ def test_paper_study_plans_168_runs_with_every_official_hyperparameter_spelled_o
     prepared = {flag(argv, "--task"): flag(argv, "--max-length") for argv in commands(output, "prepare")}
     assert prepared == {task: str(PAPER_TRAINING["max_length"]) for task in config["tasks"]}
     assert {flag(argv, "--data-seed") for argv in commands(output, "prepare")} == {"42"}  # run_glue.py's dataset_seed
+    # the competitors at their own papers' settings, per task, on the six tasks the papers report
+    assert {(args.method, args.task) for args in competitors} == {(m, t) for m in ("vera", "fourierft") for t in VERA_GLUE}
+    for args in competitors:
+        assert args.seed in PAPER_TRAINING["seeds"] and args.weight_decay == 0.0 and args.warmup_ratio == 0.06
+        if args.method == "vera":
+            assert (args.epochs, args.lr, args.head_lr) == VERA_GLUE[args.task]
+            assert args.batch_size == 64 and args.peft_args == {"r": 1024}
+        else:
+            epochs, lr, head_lr, scaling = FOURIERFT_GLUE[args.task]
+            assert (args.epochs, args.lr, args.head_lr, args.batch_size) == (epochs, lr, head_lr, 32)
+            assert args.peft_args == {"n_frequency": 1000, "scaling": scaling, "random_loc_seed": 2024}
 
 
 # The official T5 configs' values (ChaosCodes/ProPETL propetl-t5/configs/, docs/fidelity.md cites file and line),
@@ -233,8 +257,8 @@ def test_default_study_tunes_every_method_alike_and_never_duplicates_baselines(w
         task, label, sparsity = out.split("/")[2:5]
         assert args.params == f"results/tuning/{task}/{label}/{sparsity}/best_params.json", out
     trials = [parse_job(argv) for argv in commands(output, "tune")]
-    assert {(t.n_trials, t.max_steps, t.batch_size) for t in trials if t.task == "rt-polarity"} == {(3, 40, 16)}
-    assert {(t.n_trials, t.max_steps, t.batch_size) for t in trials if t.task == "snli"} == {(3, 40, 32)}
+    assert {(t.n_trials, t.max_steps, t.batch_size) for t in trials if t.task == "rt-polarity"} == {(3, 60, 16)}
+    assert {(t.n_trials, t.max_steps, t.batch_size) for t in trials if t.task == "snli"} == {(3, 60, 32)}
 
 
 def test_ablation_study_changes_only_the_masks_and_the_sharing_between_its_rows(workdir):

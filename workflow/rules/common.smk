@@ -2,6 +2,7 @@
 # (tests/test_study.py tests it without Snakemake). Runs at parse time: a bad config stops
 # the workflow here, before any job, with ONE line naming the key. Imports no torch.
 
+import glob
 import os
 import shlex
 import shutil
@@ -62,9 +63,9 @@ def run_metrics():
 
 
 def published_table():
-    """The published numbers next to the results, if the study has them (an input of the tables)."""
-    path = results("published/propetl_table1.csv")
-    return [path] if os.path.exists(path) else []
+    """The published numbers next to the results, if the study has them (inputs of the tables): the ProPETL
+    paper's and the competitors' papers' (results/published/*.csv)."""
+    return sorted(glob.glob(results("published/*.csv")))
 
 
 def best_params(wildcards):
