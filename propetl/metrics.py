@@ -84,24 +84,30 @@ def generation_metrics(metric_names: Sequence[str], predictions: Sequence[str], 
     check_metric_names("generation", metric_names)
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    scores: dict[str, float] = {}
+    scores = {name: float(values.mean()) for name, values in _per_example(metric_names, predictions, references).items()}
+    if "bleu" in metric_names or "chrf" in metric_names:
+        import sacrebleu
+
+        corpus = {"bleu": sacrebleu.corpus_bleu, "chrf": sacrebleu.corpus_chrf}
+        scores |= {name: corpus[name](list(predictions), [list(references)]).score / 100 for name in ("bleu", "chrf") if name in metric_names}
+    scores = {name: scores[name] for name in metric_names}
+    scores["combined_score"] = float(np.mean(list(scores.values())))
+    return scores
+
+
+def _per_example(metric_names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
+    """The generation metrics that are means over examples (ROUGE F-measures, exact match), one value per example."""
+    values: dict[str, np.ndarray] = {}
     rouge = [name for name in metric_names if name in ROUGE]
     if rouge:
         from rouge_score import rouge_scorer
 
         scorer = rouge_scorer.RougeScorer(rouge, use_stemmer=True)
         each = [scorer.score(reference, prediction) for prediction, reference in zip(predictions, references)]
-        scores |= {name: float(np.mean([s[name].fmeasure for s in each])) for name in rouge}
-    if "bleu" in metric_names or "chrf" in metric_names:
-        import sacrebleu
-
-        corpus = {"bleu": sacrebleu.corpus_bleu, "chrf": sacrebleu.corpus_chrf}
-        scores |= {name: corpus[name](list(predictions), [list(references)]).score / 100 for name in ("bleu", "chrf") if name in metric_names}
+        values |= {name: np.array([s[name].fmeasure for s in each]) for name in rouge}
     if "exact_match" in metric_names:
-        scores["exact_match"] = float(np.mean([p.strip() == r.strip() for p, r in zip(predictions, references)]))
-    scores = {name: scores[name] for name in metric_names}
-    scores["combined_score"] = float(np.mean(list(scores.values())))
-    return scores
+        values["exact_match"] = np.array([p.strip() == r.strip() for p, r in zip(predictions, references)], dtype=float)
+    return values
 
 
 def resampled_score(metric_names: Sequence[str], predicted: Sequence, references: Sequence) -> Callable[[np.ndarray], float]:
@@ -117,17 +123,8 @@ def resampled_score(metric_names: Sequence[str], predicted: Sequence, references
         return lambda idx: compute_metrics(metric_names, predicted[idx], references[idx])["combined_score"]
     check_metric_names("generation", metric_names)
     predicted, references = [str(p) for p in predicted], [str(r) for r in references]
-    per_example: dict[str, np.ndarray] = {}
+    per_example = _per_example(metric_names, predicted, references)
     corpus: dict[str, tuple[Any, np.ndarray]] = {}
-    rouge = [name for name in metric_names if name in ROUGE]
-    if rouge:
-        from rouge_score import rouge_scorer
-
-        scorer = rouge_scorer.RougeScorer(rouge, use_stemmer=True)
-        each = [scorer.score(reference, prediction) for prediction, reference in zip(predicted, references)]
-        per_example |= {name: np.array([s[name].fmeasure for s in each]) for name in rouge}
-    if "exact_match" in metric_names:
-        per_example["exact_match"] = np.array([p.strip() == r.strip() for p, r in zip(predicted, references)], dtype=float)
     for name in ("bleu", "chrf"):
         if name in metric_names:
             import sacrebleu
