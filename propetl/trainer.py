@@ -21,6 +21,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 
 from . import timing
 from .config import TrainConfig
+from .kernels import frozen_weights_in, training_attention
 from .multitask import set_task
 from .param_groups import parameter_groups
 from .task_sampler import TemperatureBatchSampler
@@ -57,6 +58,12 @@ class PETLTrainer(Trainer):
         self.generation = generation
         self.task_names = list(task_metrics)
         self.first_loss: float | None = None  # of this session: a resumed run compares with its first step
+        # bf16 autocasts training and evaluation alike, so frozen weights may stay in bf16 throughout
+        self.frozen_dtype = torch.bfloat16 if run_config.bf16 else None
+
+    def train(self, *args, **kwargs):
+        with frozen_weights_in(self.model, self.frozen_dtype):
+            return super().train(*args, **kwargs)
 
     def evaluate(self, eval_dataset: dict[str, Any] | None = None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Each task's split (``eval_dataset``: by task, default the validation splits) with its own metrics.
@@ -66,6 +73,7 @@ class PETLTrainer(Trainer):
         """
         # Trainer autocasts training steps only; evaluation in fp32 costs ~2x on CPU
         with (timing.phase("test" if metric_key_prefix == "test" else "validation"),
+              frozen_weights_in(self.model, self.frozen_dtype),
               torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=self.run_config.bf16)):
             datasets = self.eval_dataset if eval_dataset is None else eval_dataset
             several = len(datasets) > 1
@@ -122,7 +130,8 @@ class PETLTrainer(Trainer):
         return self.accelerator.prepare(loader)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        with training_attention(self.args.device):
+            loss = super().training_step(model, inputs, num_items_in_batch)
         step = self.state.global_step + 1
         value = loss.item()
         if self.first_loss is None:
