@@ -96,6 +96,15 @@ def paired_bootstrap(a: Runs, b: Runs, metric_names: Sequence[str], draws: int =
                       n_seeds=len(seeds), n_examples=n)
 
 
+def one_answer_seeds(runs: Runs) -> list[int]:
+    """The seeds whose run gave one answer for every test example (a classifier that never left one class).
+
+    Such a run decides a comparison on its own: with three seeds, the percentile interval can exclude 0 while the
+    p-value says the seeds disagree. The table names them so that a reader sees which cells it is.
+    """
+    return sorted(seed for seed, (predictions, _) in runs.items() if len(pd.unique(np.asarray(predictions))) == 1)
+
+
 def _entry_runs(results_root: Path, frame: pd.DataFrame, task: str) -> Runs | None:
     """seed -> (predictions, references) of one cell's finished runs; None where a run kept no predictions."""
     out = {}
@@ -110,7 +119,8 @@ def _entry_runs(results_root: Path, frame: pd.DataFrame, task: str) -> Runs | No
 
 
 COMPARISON_COLUMNS = ["task", "propetl", "other", "relation", "n_seeds", "n_examples", "propetl_mean", "other_mean",
-                      "difference", "ci_low", "ci_high", "p_value", "propetl_storage_pct", "other_storage_pct"]
+                      "difference", "ci_low", "ci_high", "p_value", "propetl_storage_pct", "other_storage_pct",
+                      "propetl_one_answer_seeds", "other_one_answer_seeds"]
 
 
 def comparison_table(runs: pd.DataFrame, results_root: str | Path, draws: int = N_DRAWS) -> pd.DataFrame:
@@ -157,6 +167,8 @@ def comparison_table(runs: pd.DataFrame, results_root: str | Path, draws: int = 
                     "difference": difference.mean, "ci_low": difference.low, "ci_high": difference.high,
                     "p_value": difference.p_value, "propetl_storage_pct": size[label, sparsity],
                     "other_storage_pct": size[other_label, other_sparsity],
+                    "propetl_one_answer_seeds": _seed_list(one_answer_seeds({s: mine[s] for s in seeds})),
+                    "other_one_answer_seeds": _seed_list(one_answer_seeds({s: theirs[s] for s in seeds})),
                 })
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
@@ -168,7 +180,21 @@ def render_comparison(table: pd.DataFrame) -> pd.DataFrame:
                                               zip(table["difference"], table["ci_low"], table["ci_high"])]
     shown["p"] = [f"{p:.3f}" for p in table["p_value"]]
     shown["storage (%): ProPETL / other"] = [f"{a:.3g} / {b:.3g}" for a, b in zip(table["propetl_storage_pct"], table["other_storage_pct"])]
+    shown["seeds with one answer for all: ProPETL / other"] = [
+        f"{_shown_seeds(a)} / {_shown_seeds(b)}" for a, b in zip(table["propetl_one_answer_seeds"], table["other_one_answer_seeds"])]
     return shown
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    return ",".join(map(str, seeds))
+
+
+def _shown_seeds(seeds: object) -> str:
+    """A seed list as the CSV keeps it ("2", "1,3"; empty: none) for display; read back, one seed may be a number
+    (2.0 in a column with empty cells) and none NaN."""
+    if pd.isna(seeds) or seeds == "":
+        return "–"
+    return str(int(seeds)) if isinstance(seeds, (int, float, np.number)) else str(seeds)
 
 
 def headline(table: pd.DataFrame) -> list[str]:
@@ -192,4 +218,7 @@ def headline(table: pd.DataFrame) -> list[str]:
 
 
 def _difference(row: pd.Series) -> str:
-    return f"{row['difference']:+.2f} points [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}], p = {row['p_value']:.3f}"
+    said = f"{row['difference']:+.2f} points [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}], p = {row['p_value']:.3f}"
+    stuck = [f"{row[side]} seed {_shown_seeds(row[f'{side}_one_answer_seeds'])}" for side in ("propetl", "other")
+             if _shown_seeds(row.get(f"{side}_one_answer_seeds", "")) != "–"]
+    return said + (f" ({' and '.join(stuck)} gave one answer for every test example)" if stuck else "")

@@ -125,3 +125,23 @@ def test_the_headline_says_each_propetl_row_in_words_and_numbers():
     assert line == ("On t, propetl-adapter (s=0.5) scores 80.00 storing 0.2% of the backbone; against its dedicated adapter (1.2%): "
                     "-1.20 points [-2.00, -0.40], p = 0.004; against vera, which stores at most as much: +5.00 points [+3.00, +7.00], "
                     "p = 0.001.")
+
+
+def test_a_seed_that_gave_one_answer_for_every_test_example_is_named_in_the_table_and_the_headline(tmp_path):
+    from propetl.comparison import headline, one_answer_seeds
+
+    adapter, propetl = _runs(0.8, seed=1), _runs(0.8, seed=2)
+    references = adapter[2][1]
+    adapter[2] = (np.zeros_like(references), references)  # seed 2 never left class 0
+    assert one_answer_seeds(adapter) == [2] and one_answer_seeds(propetl) == []
+    for (label, method, sparsity, storage), by_seed in {("adapter", "adapter", None, 1.0): adapter,
+                                                        ("propetl-adapter", "propetl-adapter", 0.5, 0.1): propetl}.items():
+        for seed, (predictions, refs) in by_seed.items():
+            _write_run(tmp_path, label, method, sparsity, seed, predictions, refs, storage)
+    tables.write_tables(tmp_path, tmp_path / "tables")
+    table = pd.read_csv(tmp_path / "tables" / "comparison.csv")
+    [row] = table.to_dict("records")
+    assert row["other_one_answer_seeds"] == 2 and pd.isna(row["propetl_one_answer_seeds"])
+    assert "– / 2" in (tmp_path / "tables" / "comparison.md").read_text()
+    [line] = headline(table)  # read back from the CSV, as the report reads it
+    assert line.endswith("(adapter seed 2 gave one answer for every test example).")
