@@ -21,7 +21,7 @@ over the draw, as sacrebleu's own paired bootstrap does: :func:`propetl.metrics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +142,7 @@ def comparison_table(runs: pd.DataFrame, results_root: str | Path, draws: int = 
                         if c.startswith("test_") and c != "test_combined_score" and frame[c].notna().all()]
         kept = {key: _entry_runs(root, cell, task) for key, cell in cells.items()}  # each cell's predictions, read once
         size = {key: cell["storage_min_pct"].mean() for key, cell in cells.items()}
+        stuck = {key: one_answer_seeds(runs) for key, runs in kept.items() if runs is not None}  # once per cell
         for (label, sparsity), cell in cells.items():
             method = cell["method"].iloc[0]
             if method not in PROPETL_METHODS:
@@ -167,8 +168,8 @@ def comparison_table(runs: pd.DataFrame, results_root: str | Path, draws: int = 
                     "difference": difference.mean, "ci_low": difference.low, "ci_high": difference.high,
                     "p_value": difference.p_value, "propetl_storage_pct": size[label, sparsity],
                     "other_storage_pct": size[other_label, other_sparsity],
-                    "propetl_one_answer_seeds": _seed_list(one_answer_seeds({s: mine[s] for s in seeds})),
-                    "other_one_answer_seeds": _seed_list(one_answer_seeds({s: theirs[s] for s in seeds})),
+                    "propetl_one_answer_seeds": _seed_list(s for s in stuck[label, sparsity] if s in seeds),
+                    "other_one_answer_seeds": _seed_list(s for s in stuck[other_label, other_sparsity] if s in seeds),
                 })
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
@@ -185,7 +186,7 @@ def render_comparison(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def _seed_list(seeds: Sequence[int]) -> str:
+def _seed_list(seeds: Iterable[int]) -> str:
     return ",".join(map(str, seeds))
 
 
@@ -219,6 +220,6 @@ def headline(table: pd.DataFrame) -> list[str]:
 
 def _difference(row: pd.Series) -> str:
     said = f"{row['difference']:+.2f} points [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}], p = {row['p_value']:.3f}"
-    stuck = [f"{row[side]} seed {_shown_seeds(row[f'{side}_one_answer_seeds'])}" for side in ("propetl", "other")
-             if _shown_seeds(row.get(f"{side}_one_answer_seeds", "")) != "–"]
+    stuck = [f"{row[side]} seed {seeds}" for side in ("propetl", "other")
+             if (seeds := _shown_seeds(row.get(f"{side}_one_answer_seeds", ""))) != "–"]
     return said + (f" ({' and '.join(stuck)} gave one answer for every test example)" if stuck else "")

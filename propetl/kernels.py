@@ -13,7 +13,7 @@
 * **SDPA's math kernel for CPU training steps.** PyTorch's CPU flash-attention backward is slow at
   these lengths: a SmolLM2-135M step (batch 8, 40 tokens, bf16) took 1.58 s with it and 1.08 s with the
   math kernel. Encoders with attention dropout (MiniLM) get the math kernel anyway; decoders without it
-  change numerically (another summation order), so their committed studies were rerun with it.
+  change numerically (another summation order): results/README.md says which committed studies were rerun.
   Evaluation and generation keep the default kernel.
 """
 
