@@ -90,10 +90,14 @@ def typed(value: Any) -> Any:
 
 
 def _where(path) -> str:
-    """A JSON path as a config key, e.g. ``methods[3].sparsity``."""
+    """A JSON path as a config key, e.g. ``methods[3].sparsity``; a key that would not read as one (empty, or with a
+    line break) is quoted, so that the error stays one line."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int) or not str(part).isprintable() or not str(part):
+            text += f"[{part!r}]"
+        else:
+            text += f".{part}" if text else str(part)
     return text or "top level"
 
 

@@ -7,7 +7,10 @@ propetl changes in it, so that :mod:`propetl.training` reads as the run's steps.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from .config import TrainConfig
 from .kernels import frozen_weights_in, training_attention
 from .multitask import set_task
 from .param_groups import parameter_groups
+from .task_kinds import IGNORE_INDEX
 from .task_sampler import TemperatureBatchSampler
 
 # A training loss this many times the first step's (e.g. 70 for a fresh binary classifier's 0.69) is a
@@ -56,6 +60,9 @@ class PETLTrainer(Trainer):
         self.run_config = run_config
         self.task_metrics, self.batch_sampler = task_metrics, batch_sampler
         self.generation = generation
+        if generation is not None and not self.model.config.is_encoder_decoder:
+            # a decoder's loss is on its target tokens only: the LM head scores those positions alone
+            self.compute_loss_func = functools.partial(target_token_loss, self.args.label_smoothing_factor)
         self.task_names = list(task_metrics)
         self.first_loss: float | None = None  # of this session: a resumed run compares with its first step
         # bf16 autocasts training and evaluation alike, so frozen weights may stay in bf16 throughout
@@ -121,7 +128,11 @@ class PETLTrainer(Trainer):
             if not bool((task_ids == task_ids[0]).all()):
                 raise RuntimeError("a batch mixes tasks; each batch must come from one task")
             set_task(model, self.task_names[int(task_ids[0])])
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        scored = contextlib.nullcontext()
+        if self.compute_loss_func is not None and "labels" in inputs:
+            scored = target_positions_only(model.get_output_embeddings(), inputs["labels"][:, 1:] != IGNORE_INDEX)
+        with scored:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def get_train_dataloader(self):
         if self.batch_sampler is None:
@@ -179,6 +190,36 @@ class PETLTrainer(Trainer):
                 parameter_groups(self.model, self.run_config, self.get_decay_parameter_names(self.model))
             )
         return self.optimizer
+
+
+@contextlib.contextmanager
+def target_positions_only(head: torch.nn.Module, scored: torch.Tensor) -> Iterator[None]:
+    """The LM head applied to the hidden states that predict a target token (``scored``: batch x length - 1), as
+    rows of one matrix, instead of to every position.
+
+    A text-to-text prompt is ~35 tokens and its label word 1-3: scoring all positions against SmolLM2's
+    49,152-word vocabulary was ~14% of a training step, spent on logits the loss ignores. The positions
+    differ per row (right padding), which transformers' ``logits_to_keep`` (the same positions in every row)
+    cannot express; a pre-hook on the head can, whatever wraps the model (PEFT, our modules)."""
+    def gather(_module: torch.nn.Module, args: tuple) -> tuple:
+        return (args[0][:, :-1][scored], *args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def target_token_loss(label_smoothing: float, outputs: Any, labels: torch.Tensor,
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """The decoder's loss from the logits of :func:`target_positions_only`: cross-entropy (label-smoothed as
+    transformers' ``LabelSmoother``) summed over the target tokens and divided by their number in the whole
+    accumulated batch, as the Trainer normalises a model's own loss."""
+    shifted = labels[:, 1:]
+    targets = shifted[shifted != IGNORE_INDEX]
+    total = torch.nn.functional.cross_entropy(outputs["logits"].float(), targets, reduction="sum", label_smoothing=label_smoothing)
+    return total / (targets.numel() if num_items_in_batch is None else num_items_in_batch)
 
 
 def _trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

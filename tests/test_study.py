@@ -142,6 +142,8 @@ BAD = {
     "unknown method": (_bad(lambda c: c["methods"][0].update(method="propetl-adaptor")),
                        ["methods[0]", "'propetl-adaptor'", "allowed: full, bitfit, adapter"]),
     "unknown task": (_bad(lambda c: c["tasks"].update({"glue-sst3": {}})), ["tasks", "'glue-sst3'", "allowed: rt-polarity"]),
+    "a task named by a line break, with an unknown key": (_bad(lambda c: c["tasks"].update({"\n": {"max_tset": 5}})),
+                                                           ["tasks['\\n']", "'max_tset'", "allowed: max_train"]),
     "sparsity 1.0": (_bad(lambda c: c["methods"][3].update(sparsity=1.0)), ["methods[3]", "sparsity=1.0 is outside [0, 1)"]),
     "sweep value 1.5": (_bad(lambda c: c["methods"][3]["sweep"].update({"rt-polarity": [0.5, 1.5]})),
                         ["methods[3]", "sparsity=1.5"]),

@@ -10,6 +10,7 @@ import sacrebleu
 import torch
 from conftest import quick_config
 from rouge_score import rouge_scorer
+from transformers.trainer_pt_utils import LabelSmoother
 
 from propetl import PETLConfig, apply_petl, load_petl
 from propetl.backbones import load_tokenizer, tiny_generator
@@ -59,6 +60,37 @@ def test_a_decoder_learns_the_target_tokens_only_and_generates_from_the_prompt(g
         assert row["input_ids"][-1] == eos and eos not in row["input_ids"][:-1] and row["labels"][-1] == eos
         source, target = texts(tokenizer, [row["input_ids"], row["labels"]])
         assert len(source.split()) == 4 and target.split() == source.split()[1::-1]
+
+
+@pytest.mark.parametrize("smoothing", [0.1, 0.0])
+def test_a_decoders_loss_is_transformers_own_with_the_lm_head_run_on_the_target_positions_only(smoothing, generation_jsonl, tmp_path):
+    fitted = fit(config(generation_jsonl, tmp_path / "run", "tiny-llama", task_type="generation", max_steps=1, eval_every=1,
+                        label_smoothing=smoothing), PETLConfig(method="propetl-adapter"))
+    trainer, model = fitted.trainer, fitted.trainer.model.eval()
+    batch = next(iter(trainer.get_train_dataloader()))
+    labels = batch["labels"]
+    targets = int((labels[:, 1:] != -100).sum())
+    assert 0 < targets < labels[:, 1:].numel()  # the prompts are in the batch, unscored
+
+    def loss_and_gradients(compute) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    rows = []
+    seen = model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
+    ours = loss_and_gradients(lambda: trainer.compute_loss(model, dict(batch), num_items_in_batch=targets))
+    seen.remove()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    if smoothing:  # transformers' LabelSmoother on the logits of every position
+        reference = loss_and_gradients(lambda: LabelSmoother(smoothing)(model(**inputs), labels, shift_labels=True))
+    else:  # the model's own causal-LM loss
+        reference = loss_and_gradients(lambda: model(**inputs, labels=labels).loss)
+    assert rows == [targets]
+    torch.testing.assert_close(ours[0], reference[0], rtol=1e-5, atol=1e-6)
+    for mine, theirs in zip(ours[1], reference[1], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
 
 
 def test_a_seq2seq_model_reads_the_source_and_learns_the_whole_target(generation_jsonl, tmp_path):
