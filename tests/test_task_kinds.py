@@ -62,10 +62,11 @@ def test_a_decoder_learns_the_target_tokens_only_and_generates_from_the_prompt(g
         assert len(source.split()) == 4 and target.split() == source.split()[1::-1]
 
 
+@pytest.mark.parametrize("method", ["propetl-adapter", "peft-lora"])  # our modules, and a model PEFT has wrapped
 @pytest.mark.parametrize("smoothing", [0.1, 0.0])
-def test_a_decoders_loss_is_transformers_own_with_the_lm_head_run_on_the_target_positions_only(smoothing, generation_jsonl, tmp_path):
+def test_a_decoders_loss_is_transformers_own_with_the_lm_head_run_on_the_target_positions_only(smoothing, method, generation_jsonl, tmp_path):
     fitted = fit(config(generation_jsonl, tmp_path / "run", "tiny-llama", task_type="generation", max_steps=1, eval_every=1,
-                        label_smoothing=smoothing), PETLConfig(method="propetl-adapter"))
+                        label_smoothing=smoothing), PETLConfig(method=method))
     trainer, model = fitted.trainer, fitted.trainer.model.eval()
     batch = next(iter(trainer.get_train_dataloader()))
     labels = batch["labels"]
