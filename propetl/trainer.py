@@ -199,9 +199,9 @@ def target_positions_only(head: torch.nn.Module, scored: torch.Tensor) -> Iterat
 
     A text-to-text prompt is ~35 tokens and its label word 1-3: scoring all positions against SmolLM2's
     49,152-word vocabulary (then a float32 log-softmax over them) took a quarter to a third of a training
-    step (results/README.md), spent on logits the loss ignores. The positions
-    differ per row (right padding), which transformers' ``logits_to_keep`` (the same positions in every row)
-    cannot express; a pre-hook on the head can, whatever wraps the model (PEFT, our modules)."""
+    step (results/README.md), spent on logits the loss ignores. The positions differ per row (right
+    padding), which transformers' ``logits_to_keep`` (the same positions in every row) cannot express; a
+    pre-hook on the head can, whatever wraps the model (PEFT, our modules)."""
     def gather(_module: torch.nn.Module, args: tuple) -> tuple:
         return (args[0][:, :-1][scored], *args[1:])
 
