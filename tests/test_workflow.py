@@ -257,8 +257,8 @@ def test_default_study_tunes_every_method_alike_and_never_duplicates_baselines(w
         task, label, sparsity = out.split("/")[2:5]
         assert args.params == f"results/tuning/{task}/{label}/{sparsity}/best_params.json", out
     trials = [parse_job(argv) for argv in commands(output, "tune")]
-    assert {(t.n_trials, t.max_steps, t.batch_size) for t in trials if t.task == "rt-polarity"} == {(3, 60, 16)}
-    assert {(t.n_trials, t.max_steps, t.batch_size) for t in trials if t.task == "snli"} == {(3, 60, 32)}
+    assert {(t.n_trials, t.max_steps, t.batch_size) for t in trials if t.task == "rt-polarity"} == {(2, 60, 16)}
+    assert {(t.n_trials, t.max_steps, t.batch_size) for t in trials if t.task == "snli"} == {(2, 60, 32)}
 
 
 def test_ablation_study_changes_only_the_masks_and_the_sharing_between_its_rows(workdir):
