@@ -49,21 +49,44 @@ def git_commit(repo: Path | None = None) -> dict[str, Any]:
     return {"commit": head.strip(), "dirty": bool(files), "changed_files": files}
 
 
-def _cpu_model() -> str:
+# Instruction sets that decide which bf16 kernels a CPU runs, and so how they round. Under a hypervisor
+# the model name alone says little: the same code, seeds and packages gave ablation scores up to 1.2
+# points apart on two hosts that both recorded "Intel(R) Xeon(R) Processor" (results/README.md, ablation).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_identity(cpuinfo: str) -> dict[str, Any]:
+    """The first processor of a ``/proc/cpuinfo`` text: its name, vendor/family/model/stepping and bf16 flags."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    vendor = fields.get("vendor_id")
+    numbers = "/".join(fields.get(key, "?") for key in ("cpu family", "model", "stepping"))
+    return {
+        "cpu": fields.get("model name"),
+        "cpu_id": f"{vendor} {numbers}" if vendor else None,
+        "cpu_bf16_flags": [flag for flag in BF16_FLAGS if flag in flags],
+    }
+
+
+def _cpu() -> dict[str, Any]:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        found = cpu_identity(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        found = {"cpu": None, "cpu_id": None, "cpu_bf16_flags": None}
+    return {**found, "cpu": found["cpu"] or platform.processor() or platform.machine()}
 
 
 def hardware() -> dict[str, Any]:
     return {
         "host": platform.node(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        **_cpu(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

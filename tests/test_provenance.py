@@ -2,7 +2,9 @@
 
 import subprocess
 
-from propetl.provenance import git_commit
+import torch
+
+from propetl.provenance import cpu_identity, git_commit, hardware
 
 
 def git(repo, *args):
@@ -29,3 +31,41 @@ def test_dirty_means_code_changed_not_the_results_a_study_rewrites(tmp_path):
 
 def test_outside_a_checkout_nothing_is_claimed(tmp_path):
     assert git_commit(tmp_path) == {"commit": None, "dirty": None, "changed_files": None}
+
+
+INTEL_AMX = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 207
+model name\t: Intel(R) Xeon(R) Processor
+stepping\t: 2
+flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: another processor's fields are not read
+"""
+
+AMD = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC 9R14 96-Core Processor
+stepping\t: 1
+flags\t\t: fpu avx2 avx512f avx512_bf16
+"""
+
+
+def test_the_cpu_is_named_by_its_numbers_and_bf16_instruction_sets_not_only_its_name():
+    """Two hosts of one name under a hypervisor round bf16 apart: the record must tell them apart."""
+    assert cpu_identity(INTEL_AMX) == {"cpu": "Intel(R) Xeon(R) Processor", "cpu_id": "GenuineIntel 6/207/2",
+                                       "cpu_bf16_flags": ["avx512_bf16", "amx_bf16", "amx_tile"]}
+    assert cpu_identity(AMD) == {"cpu": "AMD EPYC 9R14 96-Core Processor", "cpu_id": "AuthenticAMD 25/17/1",
+                                 "cpu_bf16_flags": ["avx512_bf16"]}
+    assert cpu_identity("") == {"cpu": None, "cpu_id": None, "cpu_bf16_flags": []}
+
+
+def test_a_runs_hardware_record_holds_the_cpu_identity_and_torchs_kernel_level():
+    record = hardware()
+    assert record["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert record["cpu"] and set(record) >= {"cpu_id", "cpu_bf16_flags", "torch_threads", "gpu"}
