@@ -123,54 +123,70 @@ COMPARISON_COLUMNS = ["task", "propetl", "other", "relation", "n_seeds", "n_exam
                       "propetl_one_answer_seeds", "other_one_answer_seeds"]
 
 
-def comparison_table(runs: pd.DataFrame, results_root: str | Path, draws: int = N_DRAWS) -> pd.DataFrame:
-    """Each ProPETL cell against its dedicated baseline and against every cell that stores at most as much (minimum
-    storage, :mod:`propetl.storage`), per task: the difference in points with its interval and p-value.
+ABLATION_WORDS = {("mask_mode", "random"): "fixed random masks", ("mask_mode", "none"): "no masks",
+                  ("share", "none"): "a prototype per layer"}
 
-    ``runs`` are :func:`propetl.tables.collect_runs` rows; only single-task runs of learned, shared masks or of a
-    baseline enter (ablations and multi-task groups are not the method), and only pairs whose runs all kept their
-    test predictions.
+
+def _ablation(cell: pd.DataFrame) -> str:
+    """The relation of a learned cell to an ablation of it, e.g. ``ablation: fixed random masks``."""
+    changes = [words for (key, value), words in ABLATION_WORDS.items() if key in cell and cell[key].iloc[0] == value]
+    return "ablation: " + " and ".join(changes)
+
+
+def comparison_table(runs: pd.DataFrame, results_root: str | Path, draws: int = N_DRAWS) -> pd.DataFrame:
+    """Each ProPETL cell against its dedicated baseline, against every cell that stores at most as much (minimum
+    storage, :mod:`propetl.storage`) and against its ablations, per task: the difference in points with its
+    interval and p-value.
+
+    ``runs`` are :func:`propetl.tables.collect_runs` rows; only single-task runs enter (multi-task groups are not
+    the method), and only pairs whose runs all kept their test predictions. An ablation (random or no masks, a
+    prototype per layer) is no method of its own: it is compared only with the learned, shared cells of its
+    method, at its sparsity (without masks, at every sparsity), so that the ablation's question gets an interval.
     """
-    from .tables import main_method_runs, row_name
+    from .tables import ablation_runs, main_method_runs, row_name
 
     root = Path(results_root)
-    main = main_method_runs(runs)
+    main, ablations = main_method_runs(runs), ablation_runs(runs)
     rows = []
-    for task, frame in main.groupby("task", sort=True):
+    for task, frame in pd.concat([main, ablations]).groupby("task", sort=True):
         cells = {(label, sparsity): cell for (label, sparsity), cell in frame.groupby(["label", "sparsity"], dropna=False, sort=False)}
+        ablated = [key for key, cell in cells.items() if cell.index.isin(ablations.index).all()]  # in the cells' order
         metric_names = [c.removeprefix("test_") for c in frame.columns
                         if c.startswith("test_") and c != "test_combined_score" and frame[c].notna().all()]
         kept = {key: _entry_runs(root, cell, task) for key, cell in cells.items()}  # each cell's predictions, read once
         size = {key: cell["storage_min_pct"].mean() for key, cell in cells.items()}
         stuck = {key: one_answer_seeds(runs) for key, runs in kept.items() if runs is not None}  # once per cell
-        for (label, sparsity), cell in cells.items():
+        pairs = []  # (ProPETL cell, the other cell, relation)
+        for key, cell in cells.items():
             method = cell["method"].iloc[0]
-            if method not in PROPETL_METHODS:
+            if method not in PROPETL_METHODS or key in ablated:
                 continue
-            mine = kept[label, sparsity]
-            for (other_label, other_sparsity), other in cells.items():
-                if (other_label, other_sparsity) == (label, sparsity):
+            for other_key, other in cells.items():
+                if other_key == key or other_key in ablated:
                     continue
-                dedicated = other["method"].iloc[0] == dedicated_method(method) and other_label == other["method"].iloc[0]
-                if not dedicated and not size[other_label, other_sparsity] <= size[label, sparsity]:
-                    continue
-                theirs = kept[other_label, other_sparsity]
-                if mine is None or theirs is None:
-                    continue
-                difference = paired_bootstrap(mine, theirs, metric_names, draws=draws)
-                seeds = sorted(set(mine) & set(theirs))
-                rows.append({
-                    "task": task, "propetl": row_name(label, sparsity), "other": row_name(other_label, other_sparsity),
-                    "relation": "dedicated baseline" if dedicated else "stores at most as much",
-                    "n_seeds": difference.n_seeds, "n_examples": difference.n_examples,
-                    "propetl_mean": cell.set_index("seed").loc[seeds, "test_combined_score"].mean() * 100,
-                    "other_mean": other.set_index("seed").loc[seeds, "test_combined_score"].mean() * 100,
-                    "difference": difference.mean, "ci_low": difference.low, "ci_high": difference.high,
-                    "p_value": difference.p_value, "propetl_storage_pct": size[label, sparsity],
-                    "other_storage_pct": size[other_label, other_sparsity],
-                    "propetl_one_answer_seeds": _seed_list(s for s in stuck[label, sparsity] if s in seeds),
-                    "other_one_answer_seeds": _seed_list(s for s in stuck[other_label, other_sparsity] if s in seeds),
-                })
+                dedicated = other["method"].iloc[0] == dedicated_method(method) and other_key[0] == other["method"].iloc[0]
+                if dedicated or size[other_key] <= size[key]:
+                    pairs.append((key, other_key, "dedicated baseline" if dedicated else "stores at most as much"))
+            pairs += [(key, ablation, _ablation(cells[ablation])) for ablation in ablated
+                      if cells[ablation]["method"].iloc[0] == method and (pd.isna(ablation[1]) or ablation[1] == key[1])]
+        for (label, sparsity), (other_label, other_sparsity), relation in pairs:
+            mine, theirs = kept[label, sparsity], kept[other_label, other_sparsity]
+            if mine is None or theirs is None:
+                continue
+            cell, other = cells[label, sparsity], cells[other_label, other_sparsity]
+            difference = paired_bootstrap(mine, theirs, metric_names, draws=draws)
+            seeds = sorted(set(mine) & set(theirs))
+            rows.append({
+                "task": task, "propetl": row_name(label, sparsity), "other": row_name(other_label, other_sparsity),
+                "relation": relation, "n_seeds": difference.n_seeds, "n_examples": difference.n_examples,
+                "propetl_mean": cell.set_index("seed").loc[seeds, "test_combined_score"].mean() * 100,
+                "other_mean": other.set_index("seed").loc[seeds, "test_combined_score"].mean() * 100,
+                "difference": difference.mean, "ci_low": difference.low, "ci_high": difference.high,
+                "p_value": difference.p_value, "propetl_storage_pct": size[label, sparsity],
+                "other_storage_pct": size[other_label, other_sparsity],
+                "propetl_one_answer_seeds": _seed_list(s for s in stuck[label, sparsity] if s in seeds),
+                "other_one_answer_seeds": _seed_list(s for s in stuck[other_label, other_sparsity] if s in seeds),
+            })
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
@@ -200,7 +216,7 @@ def _shown_seeds(seeds: object) -> str:
 
 def headline(table: pd.DataFrame) -> list[str]:
     """The comparison table's ProPETL rows in words and numbers, one sentence per ProPETL cell and task: against its
-    dedicated baseline, then the best and the worst for it of the entries that store at most as much."""
+    dedicated baseline and its ablations, then the best and the worst for it of the entries that store at most as much."""
     lines = []
     for (task, propetl), rows in table.groupby(["task", "propetl"], sort=False):
         mine = rows.iloc[0]
@@ -208,7 +224,9 @@ def headline(table: pd.DataFrame) -> list[str]:
         for _, row in rows.iterrows():
             if row["relation"] == "dedicated baseline":
                 said.append(f"against its dedicated {row['other']} ({row['other_storage_pct']:.3g}%): {_difference(row)}")
-        smaller = rows[rows["relation"] != "dedicated baseline"].sort_values("difference")
+        for _, row in rows[rows["relation"].str.startswith("ablation")].iterrows():
+            said.append(f"against {row['other']} ({row['relation'].removeprefix('ablation: ')}): {_difference(row)}")
+        smaller = rows[rows["relation"] == "stores at most as much"].sort_values("difference")
         if len(smaller):
             worst, best = smaller.iloc[0], smaller.iloc[-1]
             said.append(f"of the {len(smaller)} entries storing at most as much, its largest lead is over {best['other']} "

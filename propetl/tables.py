@@ -25,7 +25,7 @@ import pandas as pd
 from propetl import runs as layout
 from propetl.atomic import write_text
 from propetl.comparison import comparison_table, render_comparison
-from propetl.config import METHODS, PAPER_DEFAULTS, dedicated_method
+from propetl.config import METHODS, PAPER_DEFAULTS, PROPETL_METHODS, dedicated_method
 
 CELL_KEYS = ["task", "label", "method", "sparsity"]
 HEADLINE = "test_combined_score"
@@ -246,17 +246,31 @@ def published_comparison(runs: pd.DataFrame, published_csvs: Sequence[str | Path
 BUDGET_KEYS = ["task", "method", "sparsity", "max_steps"]
 
 
+def _as_the_paper_defines(runs: pd.DataFrame) -> pd.Series:
+    """Learned masks on a shared prototype (or no masks at all: a baseline)."""
+    learned = runs.get("mask_mode", pd.Series(None, index=runs.index)).fillna("learned") == "learned"
+    shared = runs.get("share", pd.Series(None, index=runs.index)).fillna("layers") == "layers"
+    return learned & shared
+
+
+def _single_task_and_done(runs: pd.DataFrame) -> pd.Series:
+    """Not one model for several tasks, nor a task on another run's frozen prototype; finished."""
+    single = runs.get("group", pd.Series(None, index=runs.index)).isna() & runs.get("prototype", pd.Series(None, index=runs.index)).isna()
+    return single & (runs["status"] == "ok")
+
+
 def main_method_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Single-task runs of the methods as the paper defines them: learned masks on a shared prototype, or a baseline.
 
     Ablation entries (random or no masks, no sharing) share a ``method`` name with the
     real thing, so they are left out wherever runs are grouped by method instead of label.
     """
-    learned = runs.get("mask_mode", pd.Series(None, index=runs.index)).fillna("learned") == "learned"
-    shared = runs.get("share", pd.Series(None, index=runs.index)).fillna("layers") == "layers"
-    # one model for several tasks, or a task on another run's frozen prototype: not the single-task method
-    single = runs.get("group", pd.Series(None, index=runs.index)).isna() & runs.get("prototype", pd.Series(None, index=runs.index)).isna()
-    return runs[learned & shared & single & (runs["status"] == "ok")]
+    return runs[_as_the_paper_defines(runs) & _single_task_and_done(runs)]
+
+
+def ablation_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Single-task runs of a ProPETL method with random or no masks or a prototype per layer: the paper's ablations."""
+    return runs[~_as_the_paper_defines(runs) & _single_task_and_done(runs) & runs["method"].isin(PROPETL_METHODS)]
 
 
 def has_budget_ladder(runs: pd.DataFrame) -> bool:

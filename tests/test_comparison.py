@@ -67,13 +67,14 @@ def test_runs_on_other_test_examples_are_refused():
         paired_bootstrap(_runs(0.8, seeds=(1,)), _runs(0.8, seeds=(2,)), ["accuracy"])
 
 
-def _write_run(root, label, method, sparsity, seed, predictions, references, storage_min):
+def _write_run(root, label, method, sparsity, seed, predictions, references, storage_min, mask_mode=None, share=None):
     run = root / "runs" / "t" / label / (f"s{sparsity:g}" if sparsity else "s-") / f"seed{seed}"
     run.mkdir(parents=True)
     accuracy = float(np.mean(predictions == references))
+    propetl = method.startswith("propetl")
     (run / "metrics.json").write_text(json.dumps({
         "task": "t", "label": label, "method": method, "sparsity": sparsity, "seed": seed, "status": "ok",
-        "mask_mode": "learned" if sparsity else None, "share": "layers" if sparsity else None,
+        "mask_mode": mask_mode or ("learned" if propetl else None), "share": share or ("layers" if propetl else None),
         "artifact_bytes": 100, "test": {"accuracy": accuracy, "combined_score": accuracy},
         "storage": {"storage_pct": storage_min, "storage_min_pct": storage_min}}))
     write_predictions(run / "test_predictions.parquet", {"t": (predictions, references, np.arange(len(references)))})
@@ -95,6 +96,33 @@ def test_the_comparison_table_pairs_propetl_with_its_baseline_and_every_smaller_
     assert vera["ci_low"] > 0 and vera["p_value"] < 0.01 and vera["n_seeds"] == 3
     shown = (tmp_path / "tables" / "comparison.md").read_text()
     assert f"{vera['difference']:+.2f} [{vera['ci_low']:+.2f}, {vera['ci_high']:+.2f}]" in shown
+
+
+def test_an_ablation_is_compared_only_with_the_learned_shared_cells_of_its_method(tmp_path):
+    """Random masks at the learned cell's sparsity; no masks at every sparsity; never an ablation against anything
+    else (an ablation is no method of its own), and the headline says each in words."""
+    runs = {("propetl-adapter", 0.5, None, None, 0.1): _runs(0.9, seed=1), ("propetl-adapter", 0.9, None, None, 0.08): _runs(0.85, seed=2),
+            ("propetl-adapter-random", 0.5, "random", None, 0.1): _runs(0.6, seed=3),
+            ("propetl-adapter-nomask", None, "none", None, 0.07): _runs(0.7, seed=4),
+            ("propetl-adapter-noshare", 0.5, None, "none", 0.6): _runs(0.9, seed=5)}
+    for (label, sparsity, mask_mode, share, storage), by_seed in runs.items():
+        for seed, (predictions, references) in by_seed.items():
+            _write_run(tmp_path, label, "propetl-adapter", sparsity, seed, predictions, references, storage, mask_mode, share)
+    tables.write_tables(tmp_path, tmp_path / "tables")
+    table = pd.read_csv(tmp_path / "tables" / "comparison.csv")
+    assert list(zip(table["propetl"], table["other"], table["relation"])) == [
+        ("propetl-adapter (s=0.5)", "propetl-adapter (s=0.9)", "stores at most as much"),
+        ("propetl-adapter (s=0.5)", "propetl-adapter-nomask", "ablation: no masks"),
+        ("propetl-adapter (s=0.5)", "propetl-adapter-noshare (s=0.5)", "ablation: a prototype per layer"),
+        ("propetl-adapter (s=0.5)", "propetl-adapter-random (s=0.5)", "ablation: fixed random masks"),
+        ("propetl-adapter (s=0.9)", "propetl-adapter-nomask", "ablation: no masks")]
+    random = table.set_index("other").loc["propetl-adapter-random (s=0.5)"]
+    assert random["difference"] == pytest.approx(random["propetl_mean"] - random["other_mean"]) and random["ci_low"] > 0
+    from propetl.comparison import headline
+
+    first = headline(table)[0]
+    assert "against propetl-adapter-random (s=0.5) (fixed random masks): +" in first
+    assert "against propetl-adapter (s=0.9), which stores at most as much" in first
 
 
 def test_kept_predictions_round_trip():
