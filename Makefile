@@ -19,8 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev,cluster]"
 	touch $@
 
-# pytest on CORES workers (pytest-xdist: every test is independent and writes only its own tmp dirs;
-# 2 workers took the suite from 9 to 5 minutes on the 2-core machines), then the CI study through the
+# pytest on CORES workers (pytest-xdist: no test depends on another's order or files; 2 workers took
+# the suite from 9 to 5-6 minutes on the 2-core Intel Xeon), then the CI study through the
 # SLURM profile on a real single-node SLURM (.ci/slurm-study: as root it installs and starts SLURM
 # itself; otherwise it says loudly that it skipped)
 test: setup
