@@ -48,6 +48,7 @@ from propetl import METHODS, PETLConfig, apply_petl, merge_masks
 from propetl.atomic import write_text
 from propetl.backbones import load_model
 from propetl.kernels import frozen_weights_in, training_attention
+from propetl.param_groups import adamw
 
 REFERENCES = ("floor", "prefix-floor")
 FLOORS = {"floor": "floor", "prefix-floor": "prefix-floor"}
@@ -119,7 +120,7 @@ def _inputs(model: torch.nn.Module, batch: int, length: int, floor: bool) -> dic
 
 def train_step(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5) if trainable else None
+    optimizer = adamw([{"params": trainable, "lr": 1e-5}]) if trainable else None  # as a run trains
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def step() -> None:

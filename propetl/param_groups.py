@@ -1,4 +1,4 @@
-"""The optimiser's parameter groups: PETL parameters, mask scores and head, each with its own
+"""The optimiser: AdamW over parameter groups for PETL parameters, mask scores and head, each with its own
 learning rate and weight decay (the official trainer.py's grouping)."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import torch
 
 from .config import TrainConfig
 from .petl_model import head_modules, layer_masks, parameters_of
+
+FUSED_DEVICES = ("cpu", "cuda")  # where torch.optim.AdamW has a fused kernel on every torch this project supports
 
 
 def parameter_groups(model: torch.nn.Module, cfg: TrainConfig, decay_names: Collection[str]) -> list[dict[str, Any]]:
@@ -32,3 +34,14 @@ def parameter_groups(model: torch.nn.Module, cfg: TrainConfig, decay_names: Coll
         groups.append({"name": name, "params": [p for p in params if id(p) in decayed], "lr": lr, "weight_decay": weight_decay})
         groups.append({"name": f"{name}/no_decay", "params": [p for p in params if id(p) not in decayed], "lr": lr, "weight_decay": 0.0})
     return [g for g in groups if g["params"]]
+
+
+def adamw(groups: list[dict[str, Any]] | list[torch.nn.Parameter]) -> torch.optim.AdamW:
+    """AdamW (torch's defaults: betas 0.9 / 0.999, eps 1e-8, as the Trainer's) as one fused kernel per
+    parameter where the device has one: the Trainer's own default (``adamw_torch_fused``). On CPU torch
+    otherwise runs AdamW as a loop of about ten tensor ops per parameter, each a pass over memory: half
+    of a MiniLM full fine-tuning step on the 2-core machines (0.42 s, fused 0.22 s; ``results/README.md``).
+    The update is the same; its rounding differs from the loop's in the last bit."""
+    params = [p for group in groups for p in (group["params"] if isinstance(group, dict) else [group])]
+    fused = bool(params) and all(p.device.type in FUSED_DEVICES for p in params)
+    return torch.optim.AdamW(groups, fused=fused or None)

