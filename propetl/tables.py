@@ -246,17 +246,20 @@ def published_comparison(runs: pd.DataFrame, published_csvs: Sequence[str | Path
 BUDGET_KEYS = ["task", "method", "sparsity", "max_steps"]
 
 
+def _column(runs: pd.DataFrame, name: str) -> pd.Series:
+    """``runs[name]``, or all missing where no run has the key (runs written before it existed)."""
+    return runs[name] if name in runs else pd.Series(None, index=runs.index, dtype=object)
+
+
 def _as_the_paper_defines(runs: pd.DataFrame) -> pd.Series:
-    """Learned masks on a shared prototype (or no masks at all: a baseline)."""
-    learned = runs.get("mask_mode", pd.Series(None, index=runs.index)).fillna("learned") == "learned"
-    shared = runs.get("share", pd.Series(None, index=runs.index)).fillna("layers") == "layers"
-    return learned & shared
+    """Learned masks on a shared prototype (or no masks at all: a baseline); a run without the key is the default."""
+    mask_mode, share = _column(runs, "mask_mode"), _column(runs, "share")
+    return (mask_mode.isna() | (mask_mode == "learned")) & (share.isna() | (share == "layers"))
 
 
 def _single_task_and_done(runs: pd.DataFrame) -> pd.Series:
     """Not one model for several tasks, nor a task on another run's frozen prototype; finished."""
-    single = runs.get("group", pd.Series(None, index=runs.index)).isna() & runs.get("prototype", pd.Series(None, index=runs.index)).isna()
-    return single & (runs["status"] == "ok")
+    return _column(runs, "group").isna() & _column(runs, "prototype").isna() & (runs["status"] == "ok")
 
 
 def main_method_runs(runs: pd.DataFrame) -> pd.DataFrame:
