@@ -36,12 +36,13 @@ def parameter_groups(model: torch.nn.Module, cfg: TrainConfig, decay_names: Coll
     return [g for g in groups if g["params"]]
 
 
-def adamw(groups: list[dict[str, Any]] | list[torch.nn.Parameter]) -> torch.optim.AdamW:
+def adamw(groups: list[dict[str, Any]]) -> torch.optim.AdamW:
     """AdamW (torch's defaults: betas 0.9 / 0.999, eps 1e-8, as the Trainer's) as one fused kernel per
     parameter where the device has one: the Trainer's own default (``adamw_torch_fused``). On CPU torch
     otherwise runs AdamW as a loop of about ten tensor ops per parameter, each a pass over memory: half
-    of a MiniLM full fine-tuning step on the 2-core machines (0.42 s, fused 0.22 s; ``results/README.md``).
+    of a MiniLM full fine-tuning step on the 2-core Intel Xeon (0.42 s, fused 0.22 s, side by side on
+    2026-12-02; in ``results/README.md``'s step-time table full went from 2.03x to 1.25x the adapter).
     The update is the same; its rounding differs from the loop's in the last bit."""
-    params = [p for group in groups for p in (group["params"] if isinstance(group, dict) else [group])]
+    params = [p for group in groups for p in group["params"]]
     fused = bool(params) and all(p.device.type in FUSED_DEVICES for p in params)
     return torch.optim.AdamW(groups, fused=fused or None)
