@@ -47,7 +47,7 @@ import torch
 from propetl import METHODS, PETLConfig, apply_petl, merge_masks
 from propetl.atomic import write_text
 from propetl.backbones import load_model
-from propetl.kernels import frozen_weights_in, training_attention
+from propetl.kernels import frozen_weights_in, training_kernels
 from propetl.param_groups import adamw
 
 REFERENCES = ("floor", "prefix-floor")
@@ -124,7 +124,7 @@ def train_step(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, dtype
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def step() -> None:
-        with training_attention(torch.device(device)), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+        with training_kernels(torch.device(device)), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
             loss = model(**inputs, labels=labels).loss
         loss.backward()
         if optimizer is not None:

@@ -12,19 +12,36 @@
   compared in fp32 see the model as it was.
 * **SDPA's math kernel for CPU training steps.** PyTorch's CPU flash-attention backward is slow at
   these lengths: a SmolLM2-135M step (batch 8, 40 tokens, bf16) took 1.58 s with it and 1.08 s with the
-  math kernel. Encoders with attention dropout (MiniLM) get the math kernel anyway; decoders without it
-  change numerically (another summation order): results/README.md says which committed studies were rerun.
-  Evaluation and generation keep the default kernel.
+  math kernel. Decoders without attention dropout change numerically (another summation order):
+  results/README.md says which committed studies were rerun. Evaluation and generation keep the default kernel.
+* **Transformers' eager attention where a CPU training step's attention drops out.** SDPA's math kernel
+  with dropout (an encoder such as MiniLM, attention dropout 0.1) casts and masks more than transformers'
+  eager attention, which computes the same thing: side by side on the 2-core Intel Xeon (one thread,
+  bf16, batch 16 x 30 tokens) a MiniLM step took 1.03-1.17x as long through SDPA (LoRA 1.03x, adapter
+  1.08x, prefix 1.17x). Without dropout SDPA stays (eager was 1.03x slower on SmolLM2), as does causal
+  attention, where SDPA's mask may be implicit. Training draws other dropout masks and rounds
+  differently, so encoder runs differ from those made before (results/README.md says which studies were rerun).
+* **Dropout masks from numpy's PCG64 in CPU training steps.** torch draws a dropout mask element by
+  element from its serial Mersenne Twister (``bernoulli_``: ~13 ns an element, a fifth of a MiniLM
+  adapter step); numpy's PCG64 gives the same 32 random bits per element ~5x faster. Each step's
+  generator is seeded by one draw from torch's generator at its first mask, so a run is as reproducible,
+  and resumes as exactly, as before (the Trainer restores torch's state). An element is kept when its bits are at least
+  ``floor(p * 2**32)``: p within 2**-32, the same distribution, another stream (``docs/fidelity.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 # PEFT layers whose base layer only its own forward reads (``base_layer(x)``), checked bit for bit in
 # tests/test_kernels.py. Not cast: DoRA (a LoRA layer with use_dora) reads the base weight for its norm,
@@ -61,6 +78,80 @@ def frozen_weights_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iter
             layer.weight = original
 
 
-def training_attention(device: torch.device) -> contextlib.AbstractContextManager:
-    """The SDPA kernels a training step may use on ``device``: the math kernel on CPU, any on a GPU."""
-    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
+@contextlib.contextmanager
+def training_kernels(device: torch.device) -> Iterator[None]:
+    """Within: one training step's kernels on ``device``: :func:`training_attention` and, on CPU, :class:`DropoutMasks`."""
+    with training_attention(device), (DropoutMasks() if device.type == "cpu" else contextlib.nullcontext()):
+        yield
+
+
+@contextlib.contextmanager
+def training_attention(device: torch.device) -> Iterator[None]:
+    """Within: a training step's attention on ``device``. On CPU, transformers' ``sdpa`` attention runs SDPA's
+    math kernel, or the model's eager attention where it drops out over a bidirectional mask; on a GPU, as it is.
+
+    The override is a local entry of transformers' attention registry, which every model (and the prefix
+    methods' wrapper) looks up at each call, so an evaluation inside a run, outside the step, is untouched."""
+    if device.type != "cpu":
+        yield
+        return
+    overridden = ALL_ATTENTION_FUNCTIONS["sdpa"] is not ALL_ATTENTION_FUNCTIONS._global_mapping["sdpa"]
+    if not overridden:  # an inner use finds it in place and leaves it to the outer one
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = _eager_where_dropping_out(ALL_ATTENTION_FUNCTIONS["sdpa"])
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        if not overridden:
+            del ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+
+def _eager_where_dropping_out(sdpa: Callable) -> Callable:
+    def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, dropout: float = 0.0, is_causal: bool | None = None, **kwargs):
+        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        if dropout == 0.0 or causal or eager is None:
+            return sdpa(module, query, key, value, attention_mask, dropout=dropout, is_causal=is_causal, **kwargs)
+        return eager(module, query, key, value, additive_mask(attention_mask, query.dtype), dropout=dropout, **kwargs)
+
+    return attention
+
+
+def additive_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """An attention mask as eager attention adds it to the scores: SDPA's boolean mask (True: attend) as 0 / the
+    dtype's minimum; a float mask is additive already."""
+    if attention_mask is None or attention_mask.dtype != torch.bool:
+        return attention_mask
+    return torch.zeros_like(attention_mask, dtype=dtype).masked_fill(~attention_mask, torch.finfo(dtype).min)
+
+
+class DropoutMasks(TorchFunctionMode):
+    """Within: ``torch.nn.functional.dropout`` (every ``nn.Dropout``, transformers' eager attention) keeps an element
+    where 32 bits from ``numpy.random.PCG64(seed)`` are at least ``floor(p * 2**32)``, and scales it by 1 / (1 - p)."""
+
+    def __init__(self, seed: int | None = None):
+        super().__init__()
+        self.seed, self.bits = seed, None
+
+    def _generator(self) -> np.random.PCG64:
+        """Seeded at the first mask: by ``seed``, or by one draw from torch's default generator, so that a run's
+        seed and a resumed run's restored state decide the masks as they decided torch's own, and a step that
+        drops nothing out (a decoder without dropout) leaves torch's stream as it was."""
+        if self.bits is None:
+            self.bits = np.random.PCG64(int(torch.randint(2**62, ())) if self.seed is None else self.seed)
+        return self.bits
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.dropout:
+            return self.dropout(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def dropout(self, input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
+        if not training or not 0.0 < p < 1.0 or inplace or input.device.type != "cpu":
+            return F.dropout(input, p, training, inplace)
+        count = input.numel()
+        bits = self._generator().random_raw((count + 1) // 2).view(np.uint32)[:count]
+        keep = torch.from_numpy(bits >= np.uint32(int(p * 2**32))).view(input.shape)
+        return input * keep * (1.0 / (1.0 - p))

@@ -24,7 +24,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 
 from . import timing
 from .config import TrainConfig
-from .kernels import frozen_weights_in, training_attention
+from .kernels import frozen_weights_in, training_kernels
 from .multitask import set_task
 from .param_groups import adamw, parameter_groups
 from .task_kinds import IGNORE_INDEX
@@ -141,7 +141,7 @@ class PETLTrainer(Trainer):
         return self.accelerator.prepare(loader)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        with training_attention(self.args.device):
+        with training_kernels(self.args.device):
             loss = super().training_step(model, inputs, num_items_in_batch)
         step = self.state.global_step + 1
         value = loss.item()

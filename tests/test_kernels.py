@@ -1,6 +1,7 @@
 """What only changes speed changes nothing else: frozen linear weights cast once to bf16 leave every loss,
 gradient and logit bit for bit as autocast computed them, for every method; the model comes back as it was;
-CPU training steps run SDPA's math kernel."""
+CPU training steps run SDPA's math kernel, or eager attention where attention drops out, and draw dropout
+masks from numpy's PCG64 with torch's dropout distribution."""
 
 import contextlib
 
@@ -8,11 +9,12 @@ import pytest
 import torch
 from conftest import quick_config, tiny_batch
 from torch.profiler import ProfilerActivity, profile
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from propetl import METHODS, PETLConfig, apply_petl
 from propetl import trainer as trainer_module
 from propetl.backbones import tiny_classifier, tiny_generator
-from propetl.kernels import castable, frozen_weights_in, training_attention
+from propetl.kernels import DropoutMasks, castable, frozen_weights_in, training_attention, training_kernels
 from propetl.param_groups import adamw
 from propetl.training import fit
 
@@ -90,18 +92,101 @@ def test_nothing_is_cast_without_bf16():
         assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
-def _attention_kernels(context) -> set[str]:
-    model = tiny_generator("tiny-llama", seed=0, dropout=0.0).train()
-    batch = tiny_batch()
+def _kernels(model: torch.nn.Module, context, padded: bool = True) -> set[str]:
+    """The attention and random-number kernels of one training step of ``model``."""
+    batch = tiny_batch() if padded else {"input_ids": tiny_batch()["input_ids"]}
     with profile(activities=[ProfilerActivity.CPU]) as trace, context:
-        model(**batch, labels=batch["input_ids"]).loss.backward()
-    return {event.key for event in trace.key_averages() if "scaled_dot_product" in event.key}
+        labels = torch.tensor([0, 1, 0, 1]) if model.config.model_type == "bert" else batch["input_ids"]
+        model.train()(**batch, labels=labels).loss.backward()
+    return {event.key for event in trace.key_averages() if "scaled_dot_product" in event.key or "bernoulli" in event.key}
 
 
 def test_cpu_training_steps_use_the_math_attention_kernel_where_flash_would_run():
-    default = _attention_kernels(contextlib.nullcontext())
-    assert any("flash" in kernel for kernel in default)  # without it, CPU picks flash attention
-    assert not any("flash" in kernel for kernel in _attention_kernels(training_attention(torch.device("cpu"))))
+    decoder = tiny_generator("tiny-llama", seed=0, dropout=0.0)
+    assert any("flash" in kernel for kernel in _kernels(decoder, contextlib.nullcontext()))  # without it, CPU picks flash
+    assert not any("flash" in kernel for kernel in _kernels(decoder, training_attention(torch.device("cpu"))))
+    assert any("math" in kernel for kernel in _kernels(decoder, training_attention(torch.device("cpu"))))
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_cpu_training_steps_run_eager_attention_where_a_bidirectional_attention_drops_out(padded):
+    encoder = tiny_classifier("tiny-bert", seed=0, dropout=0.1)
+    assert any("scaled_dot_product" in kernel for kernel in _kernels(encoder, contextlib.nullcontext(), padded))
+    assert not any("scaled_dot_product" in kernel for kernel in _kernels(encoder, training_kernels(torch.device("cpu")), padded))
+
+
+@pytest.mark.parametrize("method", ["adapter", "propetl-prefix"])
+def test_the_eager_route_computes_the_attention_sdpa_computes(method):
+    """With a dropout too small to drop anything the two routes must give one model output, padding included."""
+    torch.manual_seed(0)
+    model = apply_petl(tiny_classifier("tiny-bert", seed=0, dropout=1e-12), PETLConfig(method=method)).train()
+    batch = tiny_batch()
+    sdpa = model(**batch).logits
+    with training_kernels(torch.device("cpu")):
+        assert not any("scaled_dot_product" in kernel for kernel in _kernels(model, contextlib.nullcontext()))
+        eager = model(**batch).logits
+    torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(eager, model.eval()(**batch).logits * 0)  # a real output
+
+
+def test_the_attention_registry_is_as_it_was_after_a_training_step_even_a_failed_one():
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    with pytest.raises(RuntimeError, match="diverged"), training_kernels(torch.device("cpu")):
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not sdpa
+        with training_kernels(torch.device("cpu")):  # an inner use leaves it to the outer one
+            pass
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not sdpa
+        raise RuntimeError("diverged")
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa
+    assert "sdpa" not in dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
+
+
+def test_a_cpu_training_step_draws_its_dropout_masks_from_pcg64_not_torchs_bernoulli():
+    encoder = tiny_classifier("tiny-bert", seed=0, dropout=0.1)
+    assert any("bernoulli" in kernel for kernel in _kernels(encoder, contextlib.nullcontext()))
+    assert not any("bernoulli" in kernel for kernel in _kernels(encoder, training_kernels(torch.device("cpu"))))
+
+
+def test_dropout_masks_keep_an_element_with_probability_1_minus_p_and_scale_it_by_its_inverse():
+    ones = torch.ones(1_000_000, requires_grad=True)
+    with DropoutMasks(seed=7):
+        dropped = torch.nn.functional.dropout(ones, p=0.1)
+    kept = dropped != 0
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.002  # binomial sd 0.0003
+    assert dropped[kept].unique().tolist() == [pytest.approx(1 / 0.9)]
+    dropped.sum().backward()
+    assert torch.equal(ones.grad, dropped.detach())  # the gradient passes the kept elements, scaled alike
+    with DropoutMasks(seed=7):
+        again = torch.nn.Dropout(0.1).train()(torch.ones(1_000_000))
+    with DropoutMasks(seed=8):
+        other = torch.nn.Dropout(0.1).train()(torch.ones(1_000_000))
+    assert torch.equal(again, dropped.detach()) and not torch.equal(other, again)
+
+
+def test_dropout_masks_leave_what_drops_nothing_or_everything_to_torch():
+    x = torch.randn(100)
+    with DropoutMasks(seed=0):
+        assert torch.equal(torch.nn.functional.dropout(x, p=0.1, training=False), x)
+        assert torch.equal(torch.nn.functional.dropout(x, p=0.0), x)
+        assert torch.equal(torch.nn.functional.dropout(x, p=1.0), torch.zeros(100))
+
+
+def test_a_steps_masks_follow_torchs_seed_so_a_run_is_reproducible():
+    def masks(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        with training_kernels(torch.device("cpu")):
+            return torch.nn.functional.dropout(torch.ones(1000), p=0.5)
+
+    assert torch.equal(masks(0), masks(0)) and not torch.equal(masks(0), masks(1))
+
+
+def test_a_step_without_dropout_leaves_torchs_random_stream_as_it_was():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    with training_kernels(torch.device("cpu")):
+        torch.nn.functional.dropout(torch.ones(10), p=0.1, training=False)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_a_bf16_run_scores_the_same_with_and_without_the_frozen_casts(sentiment_csv, tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 
 from ..architectures import FAMILIES, Target, family_of, role_targets
 from ..config import PETLConfig
+from ..kernels import additive_mask
 from ..masks import Mask
 from ..prototype import Prototype, PrototypeLayer
 from . import ModuleSpec
@@ -135,8 +136,8 @@ def _prefixed(base: str):
         prefix = getattr(module, PREFIX_ATTR, None)
         if prefix is not None:
             key, value, attention_mask, kwargs = prefix.extend(module, query, key, value, attention_mask, kwargs)
-            if base == "eager" and attention_mask is not None and attention_mask.dtype == torch.bool:
-                attention_mask = torch.zeros_like(attention_mask, dtype=query.dtype).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
+            if base == "eager":
+                attention_mask = additive_mask(attention_mask, query.dtype)
         function = sys.modules[type(module).__module__].eager_attention_forward if base == "eager" else ALL_ATTENTION_FUNCTIONS[base]
         return function(module, query, key, value, attention_mask, **kwargs)
 
