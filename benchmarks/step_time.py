@@ -2,8 +2,9 @@
 method's peak memory. Training steps are timed in rounds (each round one step of every method in
 turn, the median over rounds), so a slow spell of the machine costs every method alike.
 
-A step runs as a run's training step does (:mod:`propetl.kernels`): SDPA's math kernel on CPU, and under
-bf16 the frozen linear weights cast once for the whole measurement.
+A step runs as a run's training step does (:mod:`propetl.kernels`): on CPU SDPA's math kernel, or eager
+attention where attention drops out, and dropout masks from PCG64; under bf16 the frozen linear weights
+cast once for the whole measurement.
 
 Timing assertions do not belong in tests (machines differ); ratios measured in one run on one
 machine do. Besides the methods, two reference rows:
