@@ -16,10 +16,10 @@
   results/README.md says which committed studies were rerun. Evaluation and generation keep the default kernel.
 * **Transformers' eager attention where a CPU training step's attention drops out.** SDPA's math kernel
   with dropout (an encoder such as MiniLM, attention dropout 0.1) casts and masks more than transformers'
-  eager attention, which computes the same thing: side by side on the 2-core Intel Xeon (one thread,
-  bf16, batch 16 x 30 tokens) a MiniLM step took 1.03-1.17x as long through SDPA (LoRA 1.03x, adapter
-  1.08x, prefix 1.17x). Without dropout SDPA stays (eager was 1.03x slower on SmolLM2), as does causal
-  attention, where SDPA's mask may be implicit. Training draws other dropout masks and rounds
+  eager attention, which computes the same thing. Side by side on the 2-core Intel Xeon (one thread,
+  bf16, MiniLM, batch 16 x 32) the old step took 1.11-1.42x as long as one with this and the PCG64 masks
+  below (results/README.md). Without dropout SDPA stays (eager was 1.03x slower on SmolLM2), as does
+  causal attention, where SDPA's mask may be implicit. Training draws other dropout masks and rounds
   differently, so encoder runs differ from those made before (results/README.md says which studies were rerun).
 * **Dropout masks from numpy's PCG64 in CPU training steps.** torch draws a dropout mask element by
   element from its serial Mersenne Twister (``bernoulli_``: ~13 ns an element, a fifth of a MiniLM

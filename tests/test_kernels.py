@@ -126,7 +126,6 @@ def test_the_eager_route_computes_the_attention_sdpa_computes(method):
         assert not any("scaled_dot_product" in kernel for kernel in _kernels(model, contextlib.nullcontext()))
         eager = model(**batch).logits
     torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-6)
-    assert not torch.equal(eager, model.eval()(**batch).logits * 0)  # a real output
 
 
 def test_the_attention_registry_is_as_it_was_after_a_training_step_even_a_failed_one():
