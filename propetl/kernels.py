@@ -109,13 +109,19 @@ def training_attention(device: torch.device) -> Iterator[None]:
 def _eager_where_dropping_out(sdpa: Callable) -> Callable:
     def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, dropout: float = 0.0, is_causal: bool | None = None, **kwargs):
-        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        if dropout == 0.0 or causal or eager is None:
+        eager = None if dropout == 0.0 or causal else eager_attention(module)
+        if eager is None:
             return sdpa(module, query, key, value, attention_mask, dropout=dropout, is_causal=is_causal, **kwargs)
         return eager(module, query, key, value, additive_mask(attention_mask, query.dtype), dropout=dropout, **kwargs)
 
     return attention
+
+
+def eager_attention(module: torch.nn.Module) -> Callable | None:
+    """The eager attention of ``module``'s model: by transformers' convention ``eager_attention_forward`` in the file
+    that defines the module's class (None where that file has none)."""
+    return getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
 
 
 def additive_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -20,7 +20,6 @@ masks it (mask shape ``[prefix_length, 2 * hidden]`` per layer).
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 
 from ..architectures import FAMILIES, Target, family_of, role_targets
 from ..config import PETLConfig
-from ..kernels import additive_mask
+from ..kernels import additive_mask, eager_attention
 from ..masks import Mask
 from ..prototype import Prototype, PrototypeLayer
 from . import ModuleSpec
@@ -138,7 +137,7 @@ def _prefixed(base: str):
             key, value, attention_mask, kwargs = prefix.extend(module, query, key, value, attention_mask, kwargs)
             if base == "eager":
                 attention_mask = additive_mask(attention_mask, query.dtype)
-        function = sys.modules[type(module).__module__].eager_attention_forward if base == "eager" else ALL_ATTENTION_FUNCTIONS[base]
+        function = eager_attention(module) if base == "eager" else ALL_ATTENTION_FUNCTIONS[base]
         return function(module, query, key, value, attention_mask, **kwargs)
 
     return attention
