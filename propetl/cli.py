@@ -43,10 +43,22 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] 
             flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
             parser.add_argument(*flags, dest=f.name, type=_json_mapping, default=None, help=f.metadata["help"])
             continue
+        if hint == bool | str | None:  # --bf16, --bf16 false, --bf16 auto
+            parser.add_argument(f"--{f.name}", dest=f.name, type=_switch_or_auto, nargs="?", const=True, default=None,
+                                help=f.metadata["help"])
+            continue
         resolved = copy.copy(f)  # the config module uses postponed annotations: give the parser real types
         # an unset (None) flag such as --bf16 still reads as a switch: bare, or with true/false
         resolved.type = bool if hints[f.name] == bool | None else hints[f.name]
         HfArgumentParser._parse_dataclass_field(parser, resolved)
+
+
+def _switch_or_auto(text: str) -> bool | str:
+    """``true``, ``false`` or ``auto`` (argparse turns the error into a one-line usage error)."""
+    value = {"true": True, "false": False, "auto": "auto"}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true, false or auto")
+    return value
 
 
 def _json_mapping(text: str) -> dict:

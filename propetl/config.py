@@ -27,6 +27,7 @@ MASK_MODES = ("learned", "random", "none")
 SHARE_MODES = ("layers", "none")
 TASK_MASK_LAYOUTS = ("per_layer", "task_or_layer", "task_and_layer")
 EVAL_STRATEGIES = ("steps", "epoch")
+BF16_CHOICES = (True, False, "auto")
 TASK_TYPES = ("classification", "regression", "generation")
 TASK_FORMATS = ("classifier", "text-to-text", "text-to-text-no-prefix")
 FILE_TASK_OPTIONS = ("text_columns", "label_column", "task_type", "encoding", "source_column", "target_column", "metrics")
@@ -352,7 +353,9 @@ class TrainConfig:
                                       per_task=True)
     task_temperature: float = _opt(10.0, "several --task: a batch's task is drawn with probability ~ size^(1/T) (official: 10)")
     prototype: str | None = _opt(None, "train only masks and head on this frozen prototype: an artifact dir or its prototype.safetensors")
-    bf16: bool | None = _opt(None, "bf16 autocast (CPU with AVX512-BF16, or GPU); default: on a GPU that supports it, else off")
+    bf16: bool | str | None = _opt(None, "bf16 autocast: true, false or auto (where the hardware computes bf16 natively: a GPU "
+                                         "that supports it, a CPU with AVX512 or AMX; else fp32); default: on a GPU that "
+                                         "supports it, else off")
     fp16: bool | None = _opt(None, "fp16 autocast (GPU); default: on a GPU without bf16, else off")
     threads: int | None = _opt(None, "torch intra-op threads (default: torch's)")
     keep_checkpoints: bool = _opt(False, "keep checkpoints/ after the run finished")
@@ -389,7 +392,9 @@ class TrainConfig:
             raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.metrics is not None:
             self.metrics = list(self.metrics)
-        if self.bf16 and self.fp16:
+        if self.bf16 is not None:
+            check_allowed("bf16", self.bf16, BF16_CHOICES)
+        if self.bf16 is True and self.fp16:
             raise ValueError("bf16 and fp16 both set; choose one autocast precision")
 
     def _normalise_tasks(self) -> None:

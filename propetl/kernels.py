@@ -27,6 +27,9 @@
   generator is seeded by one draw from torch's generator at its first mask, so a run is as reproducible,
   and resumes as exactly, as before (the Trainer restores torch's state). An element is kept when its bits are at least
   ``floor(p * 2**32)``: p within 2**-32, the same distribution, another stream (``docs/fidelity.md``).
+* **bf16 only where the hardware has it.** A CPU without AVX512 (the 2-core AMD EPYC 7xx3, AVX2 only)
+  has no oneDNN bf16 kernels: torch falls back to a reference matmul, 44x slower than fp32 there
+  (512x384 @ 384x1536, one thread). ``bf16: auto`` (:func:`native_bf16`) asks for bf16 only where it pays.
 """
 
 from __future__ import annotations
@@ -76,6 +79,14 @@ def frozen_weights_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iter
     finally:
         for layer, original in zip(layers, originals):
             layer.weight = original
+
+
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 natively: a CUDA GPU that supports it, else a CPU for which
+    oneDNN has bf16 kernels (AVX512 or AMX; torch's own predicate, as its test suite uses it)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @contextlib.contextmanager

@@ -39,6 +39,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from . import peft_methods, run_state, timing
 from .artifacts import artifact_bytes, load_frozen_prototype, save_petl
 from .backbones import load_tokenizer, model_identity
+from .kernels import native_bf16
 from .config import PETLConfig, TrainConfig, effective_defaults
 from .petl_model import apply_multitask_petl, apply_petl
 from .run_state import History, TrainClock
@@ -54,11 +55,18 @@ log = logging.getLogger("propetl.train")
 
 def resolve(train: TrainConfig, petl: PETLConfig) -> TrainConfig:
     """Fill learning rates left unset from the method's defaults (one place: :func:`propetl.config.effective_defaults`),
-    and an unset precision from the hardware: bf16 on a GPU that has it, else fp16 on a GPU, on CPU
-    neither (bf16 on CPU only when asked: it needs AVX512-BF16 to pay)."""
+    and the precision from the hardware: ``bf16: auto`` is bf16 where the machine computes it natively
+    (:func:`propetl.kernels.native_bf16`), else fp32 (or fp16 on a GPU); unset is that on a GPU and fp32 on
+    CPU. A run's provenance.json records the resolved value."""
     rates = effective_defaults(petl.method, lr=train.lr, mask_lr=train.mask_lr, head_lr=train.head_lr)
     gpu = torch.cuda.is_available()
-    bf16 = train.bf16 if train.bf16 is not None else (gpu and torch.cuda.is_bf16_supported() and not train.fp16)
+    if train.bf16 == "auto" or (train.bf16 is None and gpu):
+        bf16 = native_bf16() and not train.fp16
+    else:
+        bf16 = bool(train.bf16)
+        if bf16 and not native_bf16():
+            log.warning("bf16=true on a machine without native bf16 (%s): its matmuls run many times slower than fp32 "
+                        "here; bf16: auto picks fp32 on such a machine", torch.backends.cpu.get_cpu_capability())
     return dataclasses.replace(
         train,
         lr=rates.lr,

@@ -52,6 +52,18 @@ def test_help_documents_every_config_key_with_its_default(capsys):
     assert "(default: 32)" in text and "(default: minilm-l6)" in text
 
 
+@pytest.mark.parametrize("given, value", [([], None), (["--bf16"], True), (["--bf16", "false"], False), (["--bf16", "auto"], "auto")])
+def test_bf16_is_a_switch_that_also_takes_auto(given, value):
+    assert _configs(build_parser().parse_args(["train", "--method", "adapter", *given]))[0].bf16 == value
+
+
+def test_a_bf16_value_other_than_true_false_or_auto_fails_in_one_line(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--method", "adapter", "--bf16", "maybe"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--bf16" in error and "'maybe' is not true, false or auto" in error
+
+
 def test_params_file_overrides_flags(tmp_path):
     (tmp_path / "best.json").write_text(json.dumps({"lr": 0.123, "_study": {"x": 1}}))
     args = build_parser().parse_args(["train", "--method", "adapter", "--lr", "0.5", "--params", str(tmp_path / "best.json")])

@@ -7,6 +7,7 @@ here every rule of the config is checked in-process, which is fast enough to try
 from __future__ import annotations
 
 import copy
+import os
 import shlex
 import subprocess
 import sys
@@ -169,7 +170,7 @@ BAD = {
                                           ["tuning.search_space", "'adapter'"]),
     "untunable key": (_bad(lambda c: c["tuning"]["search_space"]["adapter"].update(epochs={"low": 1, "high": 2})),
                       ["tuning.search_space.adapter", "'epochs' is not tunable"]),
-    "both autocasts": (_bad(lambda c: c["training"].update(fp16=True)), ["config: training: bf16 and fp16 both set; choose one"]),
+    "both autocasts": (_bad(lambda c: c["training"].update(bf16=True, fp16=True)), ["config: training: bf16 and fp16 both set; choose one"]),
     "cap of zero": (_bad(lambda c: c["tasks"]["snli"].update(max_train=0)), ["tasks.snli.max_train", "max_train=0 must be a positive integer"]),
     "duplicate lora target": (_bad(lambda c: c["methods"][6]["params"].update(lora_targets=["query", "query"])),
                               ["methods[6]", "each at most once"]),
@@ -214,14 +215,19 @@ def test_a_bad_config_is_refused_with_one_line_naming_the_key(case):
         assert needle in message, message
 
 
-def test_planning_a_study_imports_neither_torch_nor_transformers():
+def test_planning_a_study_whose_peft_entries_were_judged_before_imports_neither_torch_nor_transformers(tmp_path):
+    """The first plan judges the PEFT entries with PEFT itself (torch); every later plan (Snakemake plans on
+    every start, a cluster job too) reads the verdicts from $PROPETL_CACHE and stays light."""
     code = ("import sys, yaml; from propetl.study import Study; "
             f"s = Study(yaml.safe_load(open({str(CONFIGS['paper'])!r})), yaml.safe_load(open({str(ROOT / 'workflow/schemas/config.schema.yaml')!r}))); "
             "s.grid(); [s.train_flags(r.task, r.label, r.sparsity, r.seed) for r in s.grid()]; "
             "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'optuna') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    env = {**os.environ, "PROPETL_CACHE": str(tmp_path / "cache")}
+    first, again = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+                    for _ in range(2))
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert "torch" in first.stdout  # the paper study has PEFT entries: judged once ...
+    assert again.stdout.strip() == "[]"  # ... and remembered
 
 
 # ---------------------------------------------------------------- fuzzing the loader

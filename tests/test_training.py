@@ -225,6 +225,30 @@ def test_an_unset_precision_follows_the_hardware(monkeypatch, gpu, bf16_supporte
     assert (cfg.bf16, cfg.fp16) == expected
 
 
+@pytest.mark.parametrize("gpu, native, asked, expected", [
+    (False, True, {"bf16": "auto"}, (True, False)),     # a CPU with AVX512 / AMX: bf16
+    (False, False, {"bf16": "auto"}, (False, False)),   # an AVX2-only CPU: fp32
+    (True, True, {"bf16": "auto"}, (True, False)),      # a GPU with bf16: bf16
+    (True, False, {"bf16": "auto"}, (False, True)),     # an older GPU: fp16
+    (True, True, {"bf16": "auto", "fp16": True}, (False, True)),
+])
+def test_auto_asks_for_bf16_only_where_the_machine_computes_it_natively(monkeypatch, gpu, native, asked, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: native)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native and not gpu)
+    cfg = resolve(TrainConfig(**asked), PETLConfig(method="adapter"))
+    assert (cfg.bf16, cfg.fp16) == expected
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_asked_for_on_a_cpu_without_it_is_honoured_with_a_warning(monkeypatch, caplog, native):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    with caplog.at_level("WARNING", logger="propetl.train"):
+        assert resolve(TrainConfig(bf16=True), PETLConfig(method="adapter")).bf16 is True
+    assert ("without native bf16" in caplog.text) == (not native)
+
+
 def test_a_checkpoint_cut_short_by_a_kill_is_dropped_and_the_run_resumes_from_the_one_before(sentiment_csv, tmp_path):
     petl = PETLConfig(method="propetl-adapter")
     uninterrupted = train(config(sentiment_csv, tmp_path / "whole", keep_checkpoints=True), petl)
