@@ -5,6 +5,7 @@ turn, the median over rounds), so a slow spell of the machine costs every method
 A step runs as a run's training step does (:mod:`propetl.kernels`): on CPU SDPA's math kernel, or eager
 attention where attention drops out, and dropout masks from PCG64; under bf16 the frozen linear weights
 cast once for the whole measurement.
+Steps are timed in fp32 and, where the machine computes bf16 natively, in bf16 (``machine_precisions``).
 
 Timing assertions do not belong in tests (machines differ); ratios measured in one run on one
 machine do. Besides the methods, two reference rows:
@@ -48,10 +49,11 @@ import torch
 from propetl import METHODS, PETLConfig, apply_petl, merge_masks
 from propetl.atomic import write_text
 from propetl.backbones import load_model
-from propetl.kernels import frozen_weights_in, training_kernels
+from propetl.kernels import frozen_weights_in, native_bf16, training_kernels
 from propetl.param_groups import adamw
 
 REFERENCES = ("floor", "prefix-floor")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 FLOORS = {"floor": "floor", "prefix-floor": "prefix-floor"}
 
 
@@ -136,12 +138,14 @@ def train_step(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, dtype
     return step
 
 
-def measure(model_name: str, names: tuple[str, ...], batch: int, length: int, warmup: int, repeats: int) -> pd.DataFrame:
+def measure(model_name: str, names: tuple[str, ...], batch: int, length: int, warmup: int, repeats: int,
+            precisions: tuple[str, ...] = tuple(PRECISIONS)) -> pd.DataFrame:
     labels = torch.randint(0, 2, (batch,), generator=torch.Generator().manual_seed(1))
     models = {name: build(name, model_name).train() for name in names}
     inputs = {name: _inputs(model, batch, length, floor=name in FLOORS) for name, model in models.items()}
     rows = []
-    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+    for precision in precisions:
+        dtype = PRECISIONS[precision]
         # as a run trains: under bf16 the frozen linear weights are cast once (propetl.kernels)
         with contextlib.ExitStack() as held:
             for model in models.values():
@@ -169,20 +173,26 @@ def measure(model_name: str, names: tuple[str, ...], batch: int, length: int, wa
     return table
 
 
-def peak_memory(name: str, model_name: str, batch: int, length: int, threads: int) -> float:
-    """Peak memory (MB) of a fresh process that builds ``name`` and trains 3 bf16 steps."""
+def machine_precisions() -> tuple[str, ...]:
+    """fp32, and bf16 where the machine computes it natively (as ``bf16: auto`` trains): on an AVX2-only CPU
+    a bf16 step would only time torch's reference fallback."""
+    return tuple(PRECISIONS) if native_bf16() else ("fp32",)
+
+
+def peak_memory(name: str, model_name: str, batch: int, length: int, threads: int, precision: str = "bf16") -> float:
+    """Peak memory (MB) of a fresh process that builds ``name`` and trains 3 steps in ``precision``."""
     code = (f"import sys; sys.argv = ['x']; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); import step_time; "
-            f"step_time._peak_child({name!r}, {model_name!r}, {batch}, {length}, {threads})")
+            f"step_time._peak_child({name!r}, {model_name!r}, {batch}, {length}, {threads}, {precision!r})")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
-def _peak_child(name: str, model_name: str, batch: int, length: int, threads: int) -> None:
+def _peak_child(name: str, model_name: str, batch: int, length: int, threads: int, precision: str) -> None:
     torch.set_num_threads(threads)
     model = build(name, model_name).train()
     step = train_step(model, _inputs(model, batch, length, floor=name in FLOORS),
-                      torch.randint(0, 2, (batch,)), torch.bfloat16)
-    with frozen_weights_in(model, torch.bfloat16):  # as a run trains (propetl.kernels): part of its memory
+                      torch.randint(0, 2, (batch,)), PRECISIONS[precision])
+    with frozen_weights_in(model, PRECISIONS[precision]):  # as a run trains (propetl.kernels): part of its memory
         step()  # the first step allocates gradients and optimiser states
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -218,12 +228,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = supported(args.model)
-    table = measure(args.model, names, args.batch, args.length, args.warmup, args.repeats)
-    memory = {name: peak_memory(name, args.model, args.batch, args.length, args.threads) for name in names}
+    precisions = machine_precisions()
+    table = measure(args.model, names, args.batch, args.length, args.warmup, args.repeats, precisions)
+    memory = {name: peak_memory(name, args.model, args.batch, args.length, args.threads, precisions[-1]) for name in names}
     table["peak_memory_mb"] = table["method"].map(memory)
     table.insert(0, "model", args.model)
     write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
-    steps = table[table["what"] == "train step bf16"].set_index("method")
+    steps = table[table["what"] == f"train step {precisions[-1]}"].set_index("method")
     print(steps[["seconds", "ratio_to_floor", "ratio_to_prefix_floor", "ratio_to_adapter", "peak_memory_mb"]].round(3).to_markdown())
 
 

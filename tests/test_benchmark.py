@@ -25,9 +25,18 @@ def test_every_method_and_the_references_are_timed_side_by_side_with_ratios():
     assert not (table["method"].isin(step_time.REFERENCES) & table["what"].str.startswith("inference")).any()
 
 
-def test_peak_memory_is_measured_in_a_fresh_process_per_method():
-    floor, full = (step_time.peak_memory(name, "tiny-bert", 4, 8, threads=1) for name in ("floor", "full"))
+def test_peak_memory_is_measured_in_a_fresh_process_per_method_in_the_precision_asked():
+    floor = step_time.peak_memory("floor", "tiny-bert", 4, 8, threads=1, precision="bf16")
+    full = step_time.peak_memory("full", "tiny-bert", 4, 8, threads=1, precision="fp32")
     assert floor > 0 and full > 0
+
+
+def test_a_machine_without_native_bf16_is_timed_in_fp32_only(monkeypatch):
+    monkeypatch.setattr(step_time, "native_bf16", lambda: False)
+    assert step_time.machine_precisions() == ("fp32",)
+    table = step_time.measure("tiny-bert", ("floor", "prefix-floor", "adapter"), batch=2, length=6, warmup=1, repeats=1,
+                              precisions=step_time.machine_precisions())
+    assert set(table["what"]) == {"train step fp32", "inference", "inference merged"}
 
 
 def test_a_decoder_is_benchmarked_with_the_methods_it_takes():

@@ -7,10 +7,7 @@ here every rule of the config is checked in-process, which is fast enough to try
 from __future__ import annotations
 
 import copy
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -213,21 +210,6 @@ def test_a_bad_config_is_refused_with_one_line_naming_the_key(case):
     assert message.startswith("config: ") and "\n" not in message
     for needle in needles:
         assert needle in message, message
-
-
-def test_planning_a_study_whose_peft_entries_were_judged_before_imports_neither_torch_nor_transformers(tmp_path):
-    """The first plan judges the PEFT entries with PEFT itself (torch); every later plan (Snakemake plans on
-    every start, a cluster job too) reads the verdicts from $PROPETL_CACHE and stays light."""
-    code = ("import sys, yaml; from propetl.study import Study; "
-            f"s = Study(yaml.safe_load(open({str(CONFIGS['paper'])!r})), yaml.safe_load(open({str(ROOT / 'workflow/schemas/config.schema.yaml')!r}))); "
-            "s.grid(); [s.train_flags(r.task, r.label, r.sparsity, r.seed) for r in s.grid()]; "
-            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'optuna') if m in sys.modules))")
-    env = {**os.environ, "PROPETL_CACHE": str(tmp_path / "cache")}
-    first, again = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
-                    for _ in range(2))
-    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
-    assert "torch" in first.stdout  # the paper study has PEFT entries: judged once ...
-    assert again.stdout.strip() == "[]"  # ... and remembered
 
 
 # ---------------------------------------------------------------- fuzzing the loader
