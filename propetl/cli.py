@@ -48,7 +48,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, only: Sequence[str] 
                                 help=f.metadata["help"])
             continue
         resolved = copy.copy(f)  # the config module uses postponed annotations: give the parser real types
-        # an unset (None) flag such as --bf16 still reads as a switch: bare, or with true/false
+        # an unset (None) flag such as --fp16 still reads as a switch: bare, or with true/false
         resolved.type = bool if hints[f.name] == bool | None else hints[f.name]
         HfArgumentParser._parse_dataclass_field(parser, resolved)
 

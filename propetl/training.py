@@ -66,7 +66,8 @@ def resolve(train: TrainConfig, petl: PETLConfig) -> TrainConfig:
         bf16 = bool(train.bf16)
         if bf16 and not native_bf16():
             log.warning("bf16=true on a machine without native bf16 (%s): its matmuls run many times slower than fp32 "
-                        "here; bf16: auto picks fp32 on such a machine", torch.backends.cpu.get_cpu_capability())
+                        "here; bf16: auto picks fp32 on such a machine",
+                        torch.cuda.get_device_name() if gpu else f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     return dataclasses.replace(
         train,
         lr=rates.lr,
