@@ -83,10 +83,11 @@ def frozen_weights_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iter
 
 def native_bf16() -> bool:
     """Whether this machine computes bf16 natively: a CUDA GPU that supports it, else a CPU for which
-    oneDNN has bf16 kernels (AVX512 or AMX; torch's own predicate, as its test suite uses it)."""
+    oneDNN has bf16 kernels (AVX512 or AMX; torch's own predicate, guarded as its test suite guards it: a
+    build without oneDNN has no bf16 kernels either)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @contextlib.contextmanager

@@ -240,6 +240,13 @@ def test_auto_asks_for_bf16_only_where_the_machine_computes_it_natively(monkeypa
     assert (cfg.bf16, cfg.fp16) == expected
 
 
+def test_auto_is_fp32_on_a_torch_built_without_onednn(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert resolve(TrainConfig(bf16="auto"), PETLConfig(method="adapter")).bf16 is False
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_asked_for_on_a_cpu_without_it_is_honoured_with_a_warning(monkeypatch, caplog, native):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
