@@ -190,9 +190,9 @@ def peak_memory(name: str, model_name: str, batch: int, length: int, threads: in
 def _peak_child(name: str, model_name: str, batch: int, length: int, threads: int, precision: str) -> None:
     torch.set_num_threads(threads)
     model = build(name, model_name).train()
-    step = train_step(model, _inputs(model, batch, length, floor=name in FLOORS),
-                      torch.randint(0, 2, (batch,)), PRECISIONS[precision])
-    with frozen_weights_in(model, PRECISIONS[precision]):  # as a run trains (propetl.kernels): part of its memory
+    dtype = PRECISIONS[precision]
+    step = train_step(model, _inputs(model, batch, length, floor=name in FLOORS), torch.randint(0, 2, (batch,)), dtype)
+    with frozen_weights_in(model, dtype):  # as a run trains (propetl.kernels): part of its memory
         step()  # the first step allocates gradients and optimiser states
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -229,12 +229,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = supported(args.model)
     precisions = machine_precisions()
+    trained_in = precisions[-1]  # bf16 where the machine has it, as `bf16: auto` trains; else fp32
     table = measure(args.model, names, args.batch, args.length, args.warmup, args.repeats, precisions)
-    memory = {name: peak_memory(name, args.model, args.batch, args.length, args.threads, precisions[-1]) for name in names}
+    memory = {name: peak_memory(name, args.model, args.batch, args.length, args.threads, trained_in) for name in names}
     table["peak_memory_mb"] = table["method"].map(memory)
     table.insert(0, "model", args.model)
     write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
-    steps = table[table["what"] == f"train step {precisions[-1]}"].set_index("method")
+    steps = table[table["what"] == f"train step {trained_in}"].set_index("method")
     print(steps[["seconds", "ratio_to_floor", "ratio_to_prefix_floor", "ratio_to_adapter", "peak_memory_mb"]].round(3).to_markdown())
 
 
