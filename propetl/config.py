@@ -183,8 +183,9 @@ def _opt(default: Any, help: str, *, per_task: bool = False) -> Any:
 
 
 def check_allowed(name: str, value: Any, allowed: tuple) -> None:
-    """``name=value is not supported; allowed: ...``: the one message for a value outside a fixed set."""
-    if value not in allowed:
+    """``name=value is not supported; allowed: ...``: the one message for a value outside a fixed set. A bool
+    matches only a bool (``1 == True`` in Python, but ``bf16: 1`` is a typo, not a switch)."""
+    if not any(value == option and isinstance(value, bool) == isinstance(option, bool) for option in allowed):
         raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(str, allowed))}")
 
 

@@ -57,17 +57,13 @@ def resolve(train: TrainConfig, petl: PETLConfig) -> TrainConfig:
     """Fill learning rates left unset from the method's defaults (one place: :func:`propetl.config.effective_defaults`),
     and the precision from the hardware: ``bf16: auto`` is bf16 where the machine computes it natively
     (:func:`propetl.kernels.native_bf16`), else fp32 (or fp16 on a GPU); unset is that on a GPU and fp32 on
-    CPU. A run's provenance.json records the resolved value."""
+    CPU. A run's provenance.json records the resolved value; :func:`warn_of_emulated_bf16` says when it is slow."""
     rates = effective_defaults(petl.method, lr=train.lr, mask_lr=train.mask_lr, head_lr=train.head_lr)
     gpu = torch.cuda.is_available()
     if train.bf16 == "auto" or (train.bf16 is None and gpu):
         bf16 = native_bf16() and not train.fp16
     else:
         bf16 = bool(train.bf16)
-        if bf16 and not native_bf16():
-            log.warning("bf16=true on a machine without native bf16 (%s): its matmuls run many times slower than fp32 "
-                        "here; bf16: auto picks fp32 on such a machine",
-                        torch.cuda.get_device_name() if gpu else f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     return dataclasses.replace(
         train,
         lr=rates.lr,
@@ -82,6 +78,16 @@ def _peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def warn_of_emulated_bf16(cfg: TrainConfig) -> None:
+    """An explicit ``bf16: true`` is honoured on a machine without native bf16, where it is many times slower than
+    fp32 (44x for a matmul on an AVX2-only CPU): the run's log says so once, at its start."""
+    if cfg.bf16 and not native_bf16():
+        gpu = torch.cuda.is_available()
+        log.warning("bf16=true on a machine without native bf16 (%s): its matmuls run many times slower than fp32 "
+                    "here; bf16: auto picks fp32 on such a machine",
+                    torch.cuda.get_device_name() if gpu else f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
 
 
 @dataclass
@@ -108,6 +114,7 @@ def fit(train_config: TrainConfig, petl_config: PETLConfig, callbacks: Sequence[
     files = RunFiles(out)
     out.mkdir(parents=True, exist_ok=True)
     run_state.setup_logging(out)
+    warn_of_emulated_bf16(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 

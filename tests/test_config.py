@@ -53,6 +53,8 @@ def test_bad_configs_fail_with_one_clear_message(kwargs, message):
         ({"data_seed": True}, "data_seed=True must be a non-negative integer"),
         ({"bf16": True, "fp16": True}, "bf16 and fp16 both set"),
         ({"bf16": "sometimes"}, "bf16='sometimes' is not supported; allowed: True, False, auto"),
+        ({"bf16": 1}, "bf16=1 is not supported; allowed: True, False, auto"),  # 1 == True, but not a switch
+        ({"bf16": 0}, "bf16=0 is not supported; allowed: True, False, auto"),
     ],
 )
 def test_a_train_config_no_run_could_use_fails_with_one_clear_message(kwargs, message):
