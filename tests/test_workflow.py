@@ -6,7 +6,10 @@ so nothing here reads or writes the checkout's results/ or .snakemake/.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import copy
+import fcntl
 import json
 import os
 import re
@@ -16,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,8 +61,11 @@ def expected_train_jobs(config: dict) -> int:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
+    return workflow_copy(tmp_path_factory.mktemp("workflow"))
+
+
+def workflow_copy(work: Path) -> Path:
     """A copy of the workflow with the CI task file, as a fresh checkout would have it."""
-    work = tmp_path_factory.mktemp("workflow")
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(ROOT / name, work / name)
     shutil.copytree(ROOT / "workflow", work / "workflow")
@@ -70,11 +77,17 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def own_warm_start_server(tmp_path_factory):
-    """The studies here start their jobs' warm-start server on a socket of their own, stopped at the end.
+    with warm_start_server_of_their_own(tmp_path_factory.mktemp("warm")):
+        yield
+
+
+@contextlib.contextmanager
+def warm_start_server_of_their_own(directory: Path) -> Iterator[None]:
+    """Within, studies start their jobs' warm-start server on a socket of their own, stopped at the end.
 
     On the checkout's default socket it would outlive pytest by its idle time, started from pytest's
     environment, and meet the next local study of this checkout (CI's SLURM check) as a stale server."""
-    path = tmp_path_factory.mktemp("warm") / "warm.sock"
+    path = directory / "warm.sock"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(warm_start.SOCKET_ENV, str(path))
         yield
@@ -294,7 +307,8 @@ def test_budget_study_scales_only_the_steps_between_the_rungs_of_its_ladder(work
     assert rungs == {(method, scale) for method in ("adapter", "propetl-adapter") for scale in (1, 2, 4)}
 
 
-def test_planning_a_committed_study_imports_no_torch_once_peft_has_judged_its_competitors(workdir, tmp_path):
+@pytest.mark.parametrize("name", STUDIES)
+def test_planning_a_committed_study_imports_no_torch_once_peft_has_judged_its_competitors(name, workdir, tmp_path):
     # a torch that cannot be imported: planning must not need it (jobs do, planning does not), except the first time
     # a study names a PEFT method: PEFT's own config classes judge its type and arguments, and importing PEFT imports
     # torch; a combination judged valid is remembered (propetl.study.check_peft), so later plans need no torch
@@ -302,19 +316,18 @@ def test_planning_a_committed_study_imports_no_torch_once_peft_has_judged_its_co
     (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('planning imported torch')\n")
     cache = {"PROPETL_CACHE": str(tmp_path / "cache")}
     without_torch = {**os.environ, **cache, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
-    plan = lambda path, env: subprocess.run([sys.executable, "-m", "snakemake", "-n", "--nolock", "--configfile", str(path)],  # noqa: E731
-                                            cwd=workdir, capture_output=True, text=True, timeout=300, env=env)
-    for name, path in STUDIES.items():
-        competitors = any(entry["method"] in PEFT_METHODS for entry in study(name)["methods"] if entry.get("enabled", True))
-        result = plan(path, without_torch)
-        if not competitors:
-            assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
-            continue
-        assert result.returncode != 0 and "planning imported torch" in result.stdout + result.stderr, name
-        judged = plan(path, {**os.environ, **cache})  # PEFT judges once, with torch
-        assert judged.returncode == 0, f"{name}: {judged.stdout}{judged.stderr}"
-        again = plan(path, without_torch)
-        assert again.returncode == 0, f"{name}: {again.stdout}{again.stderr}"
+    plan = lambda env: subprocess.run([sys.executable, "-m", "snakemake", "-n", "--nolock", "--configfile", str(STUDIES[name])],  # noqa: E731
+                                      cwd=workdir, capture_output=True, text=True, timeout=300, env=env)
+    competitors = any(entry["method"] in PEFT_METHODS for entry in study(name)["methods"] if entry.get("enabled", True))
+    result = plan(without_torch)
+    if not competitors:
+        assert result.returncode == 0, result.stdout + result.stderr
+        return
+    assert result.returncode != 0 and "planning imported torch" in result.stdout + result.stderr
+    judged = plan({**os.environ, **cache})  # PEFT judges once, with torch
+    assert judged.returncode == 0, judged.stdout + judged.stderr
+    again = plan(without_torch)
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 def test_config_overrides_on_the_command_line_are_typed_merged_and_checked(workdir):
@@ -399,10 +412,23 @@ def test_a_study_with_a_malformed_task_file_fails_at_its_prepare_job_with_that_l
 # ---------------------------------------------------------------- the CI study end to end
 
 
-@pytest.fixture(scope="module")
-def ci_run(workdir) -> tuple[subprocess.CompletedProcess, Path]:
-    result = snakemake(workdir, "--cores", "2", "--configfile", "workflow/configs/ci.yaml")
-    return result, workdir / study("ci")["output"]
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The CI study, run once however many workers run its tests: the first to need it runs it where all of this
+    session's workers can read it (pytest-xdist gives each a temporary directory under a shared one), the others
+    wait for it."""
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
+    work, record = shared / "ci-study", shared / "ci-study.json"
+    with open(shared / "ci-study.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.is_file():
+            work.mkdir()
+            with warm_start_server_of_their_own(work):  # a session fixture starts before the module's own server
+                result = snakemake(workflow_copy(work), "--cores", "2", "--configfile", "workflow/configs/ci.yaml")
+            record.write_text(json.dumps({"args": result.args, "returncode": result.returncode,
+                                          "stdout": result.stdout, "stderr": result.stderr}))
+    return subprocess.CompletedProcess(**json.loads(record.read_text())), work / study("ci")["output"]
 
 
 @pytest.mark.slow
@@ -461,12 +487,12 @@ def test_ci_study_runs_end_to_end(ci_run):
 
 
 @pytest.mark.slow
-def test_a_second_run_has_nothing_to_do_and_the_report_builds(ci_run, workdir):
+def test_a_second_run_has_nothing_to_do_and_the_report_builds(ci_run):
     result, root = ci_run
     assert result.returncode == 0, result.stdout + result.stderr
-    again = snakemake(workdir, "--cores", "2", "--configfile", "workflow/configs/ci.yaml")
+    again = snakemake(root.parent, "--cores", "2", "--configfile", "workflow/configs/ci.yaml")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
-    report = snakemake(workdir, "--configfile", "workflow/configs/ci.yaml", "--report", str(root / "report.html"))
+    report = snakemake(root.parent, "--configfile", "workflow/configs/ci.yaml", "--report", str(root / "report.html"))
     assert report.returncode == 0, report.stdout + report.stderr
     html = (root / "report.html").read_text()
     assert "score_vs_storage.png" in html and "paper_table.csv" in html
@@ -479,29 +505,39 @@ def test_a_killed_study_reruns_with_the_same_command_and_ends_with_the_uninterru
     reference_result, reference = ci_run
     assert reference_result.returncode == 0, reference_result.stdout + reference_result.stderr
     work = tmp_path / "work"
-    shutil.copytree(ci_run[1].parent, work, ignore=shutil.ignore_patterns(".snakemake", study("ci")["output"]))
-    command = ["workflow/scripts/snakemake-resumable", "--cores", "2", "--configfile", "workflow/configs/ci.yaml"]
-    # cold jobs (no warm start): slow enough that the kill below lands between train jobs
-    env = {**os.environ, "SNAKEMAKE": f"{sys.executable} -m snakemake", "PROPETL_WARM_START": "0"}
-    runs = work / study("ci")["output"] / "runs"
-    study_process = subprocess.Popen(command, cwd=work, env=env, start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tuned = runs.parent / "tuning"
 
-    def finished_a_while_ago() -> list[Path]:
-        """Runs whose metrics.json is 3 s old: Snakemake has surely recorded their job as complete."""
-        return [path for path in runs.glob("*/*/*/*/metrics.json") if time.time() - path.stat().st_mtime > 3]
+    def without_runs(directory: str, names: list[str]) -> set[str]:
+        """The reference study as its tuning left it (data prepared, rates tuned): the kill lands among train jobs."""
+        return set(names) & ({"runs", "tables", "figures"} if Path(directory) == reference else {".snakemake"})
+
+    shutil.copytree(reference.parent, work, ignore=without_runs)
+    command = ["workflow/scripts/snakemake-resumable", "--cores", "2", "--configfile", "workflow/configs/ci.yaml"]
+    # cold jobs (no warm start) until the kill: slow enough that it lands between train jobs
+    env = {**os.environ, "SNAKEMAKE": f"{sys.executable} -m snakemake"}
+    cold = {**env, "PROPETL_WARM_START": "0"}
+    runs = work / study("ci")["output"] / "runs"
+    study_process = subprocess.Popen(command, cwd=work, env=cold, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tuned = {path: path.stat().st_mtime_ns for path in (runs.parent / "tuning").glob("*/*/*/best_params.json")}
+
+    def recorded_finished() -> list[Path]:
+        """Runs whose job Snakemake has recorded as complete: its metadata written, its incomplete marker gone."""
+        keys = {path: base64.urlsafe_b64encode(str(path.relative_to(work)).encode()).decode()
+                for path in runs.glob("*/*/*/*/metrics.json")}
+        return [path for path, key in keys.items()
+                if (work / ".snakemake/metadata" / key).is_file() and not (work / ".snakemake/incomplete" / key).exists()]
 
     deadline = time.monotonic() + 300
-    # kill among the train jobs, after tuning: a trial killed mid-way is #11's business (stale trials)
-    while (len(list(tuned.glob("*/*/*/best_params.json"))) < 2 or not finished_a_while_ago()) and time.monotonic() < deadline:
+    while not recorded_finished() and time.monotonic() < deadline:
         time.sleep(0.1)
     os.killpg(study_process.pid, signal.SIGKILL)  # Snakemake and every job it started, mid-study
     study_process.wait()
-    finished = {path: path.stat().st_mtime_ns for path in finished_a_while_ago()}
+    # killed among the train jobs, its tuning untouched: a trial killed mid-way is #11's business (stale trials)
+    assert len(tuned) == 2 and all(path.stat().st_mtime_ns == mtime for path, mtime in tuned.items())
+    finished = {path: path.stat().st_mtime_ns for path in recorded_finished()}
     assert finished and len(list(runs.glob("*/*/*/*/metrics.json"))) < expected_train_jobs(study("ci"))
     assert list((work / ".snakemake/locks").iterdir())  # a plain `snakemake` would now refuse to start
-    again = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)  # as a user reruns: warm
     assert again.returncode == 0, again.stdout + again.stderr
     assert "releasing its locks" in again.stderr
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())  # finished runs were kept
