@@ -12,7 +12,7 @@ from transformers import Trainer, TrainerCallback
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from propetl import PETLConfig, load_petl
+from propetl import PETLConfig, load_petl, training
 from propetl.petl_model import apply_petl
 from propetl.backbones import load_model
 from propetl.config import TrainConfig
@@ -256,6 +256,15 @@ def test_bf16_asked_for_on_a_cpu_without_it_is_honoured_with_a_warning(monkeypat
         assert cfg.bf16 is True and not caplog.text  # resolving says nothing: the run says it once, at its start
         warn_of_emulated_bf16(cfg)
     assert ("without native bf16" in caplog.text) == (not native)
+
+
+def test_a_run_without_native_bf16_says_so_once_in_its_log_even_when_it_diverges(monkeypatch, caplog, sentiment_csv, tmp_path):
+    monkeypatch.setattr(training, "native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="propetl.train"):
+        result = train(config(sentiment_csv, tmp_path / "run", lr=1e4, head_lr=1e4, bf16=True), PETLConfig(method="adapter"))
+    assert result["status"] == "diverged"  # a diverged run resolves its config a second time, for its record
+    assert sum("without native bf16" in record.message for record in caplog.records) == 1
+    assert (tmp_path / "run" / "train.log").read_text().count("without native bf16") == 1
 
 
 def test_a_checkpoint_cut_short_by_a_kill_is_dropped_and_the_run_resumes_from_the_one_before(sentiment_csv, tmp_path):
