@@ -13,7 +13,11 @@ from typing import Any
 
 import torch
 
-PACKAGES = ("torch", "transformers", "datasets", "accelerate", "safetensors", "optuna", "numpy", "pandas", "scikit-learn", "scipy", "snakemake", "propetl-bench")
+# Every runtime dependency pyproject.toml declares (a test keeps the two in step: peft, whose code
+# trains the competitors, was once missing), numpy, and this package itself.
+PACKAGES = ("torch", "transformers", "accelerate", "datasets", "safetensors", "optuna", "pandas", "matplotlib",
+            "snakemake", "scikit-learn", "scipy", "pyyaml", "jsonschema", "tabulate", "tqdm", "psutil", "gguf",
+            "rouge-score", "sacrebleu", "peft", "numpy", "propetl-bench")
 
 
 def _versions() -> dict[str, str | None]:

@@ -1,10 +1,14 @@
 """Provenance: which commit produced a result, and whether the code differed from it."""
 
+import importlib.metadata
+import re
 import subprocess
+import tomllib
+from pathlib import Path
 
 import torch
 
-from propetl.provenance import cpu_identity, git_commit, hardware
+from propetl.provenance import PACKAGES, cpu_identity, git_commit, hardware, provenance
 
 
 def git(repo, *args):
@@ -69,3 +73,13 @@ def test_a_runs_hardware_record_holds_the_cpu_identity_and_torchs_kernel_level()
     record = hardware()
     assert record["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert record["cpu"] and set(record) >= {"cpu_id", "cpu_bf16_flags", "torch_threads", "gpu"}
+
+
+def test_every_runtime_dependency_the_project_declares_has_its_version_recorded():
+    """A result made through PEFT (or scored by sacrebleu) must say which version made it."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    declared = {re.match(r"[A-Za-z0-9._-]+", spec).group(0).lower() for spec in pyproject["project"]["dependencies"]}
+    assert declared <= set(PACKAGES)
+    recorded = provenance({})["packages"]
+    assert recorded["peft"] == importlib.metadata.version("peft")
+    assert recorded["sacrebleu"] == importlib.metadata.version("sacrebleu")
