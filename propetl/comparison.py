@@ -133,10 +133,24 @@ def _ablation(cell: pd.DataFrame) -> str:
     return "ablation: " + " and ".join(changes)
 
 
+def _budget(cell: pd.DataFrame) -> int | None:
+    """A cell's training steps: cells are compared at equal budgets only (a budget study's ladder holds a method at
+    several, and what more steps buy is ``budget_gap``'s question, not a comparison of methods)."""
+    steps = cell["max_steps"].iloc[0] if "max_steps" in cell else None
+    return None if steps is None or pd.isna(steps) else int(steps)
+
+
+def _is_dedicated(label: str, method: str, other_label: str, other_method: str) -> bool:
+    """The other cell is ProPETL's dedicated module: the plain entry of that method (``adapter``), or the entry named
+    as ProPETL's with the method swapped (``propetl-adapter-x2`` -> ``adapter-x2``, a budget study's rung)."""
+    dedicated = dedicated_method(method)
+    return other_method == dedicated and other_label in (other_method, label.replace(method, dedicated, 1))
+
+
 def comparison_table(runs: pd.DataFrame, results_root: str | Path, draws: int = N_DRAWS) -> pd.DataFrame:
     """Each ProPETL cell against its dedicated baseline, against every cell that stores at most as much (minimum
-    storage, :mod:`propetl.storage`) and against its ablations, per task: the difference in points with its
-    interval and p-value.
+    storage, :mod:`propetl.storage`) and against its ablations, per task and at equal training steps: the
+    difference in points with its interval and p-value.
 
     ``runs`` are :func:`propetl.tables.collect_runs` rows; only single-task runs enter (multi-task groups are not
     the method), and only pairs whose runs all kept their test predictions. An ablation (random or no masks, a
@@ -155,6 +169,7 @@ def comparison_table(runs: pd.DataFrame, results_root: str | Path, draws: int = 
                         if c.startswith("test_") and c != "test_combined_score" and frame[c].notna().all()]
         kept = {key: _entry_runs(root, cell, task) for key, cell in cells.items()}  # each cell's predictions, read once
         size = {key: cell["storage_min_pct"].mean() for key, cell in cells.items()}
+        budget = {key: _budget(cell) for key, cell in cells.items()}
         stuck = {key: one_answer_seeds(runs) for key, runs in kept.items() if runs is not None}  # once per cell
         pairs = []  # (ProPETL cell, the other cell, relation)
         for key, cell in cells.items():
@@ -162,13 +177,14 @@ def comparison_table(runs: pd.DataFrame, results_root: str | Path, draws: int = 
             if method not in PROPETL_METHODS or key in ablated:
                 continue
             for other_key, other in cells.items():
-                if other_key == key or other_key in ablated:
+                if other_key == key or other_key in ablated or budget[other_key] != budget[key]:
                     continue
-                dedicated = other["method"].iloc[0] == dedicated_method(method) and other_key[0] == other["method"].iloc[0]
+                dedicated = _is_dedicated(key[0], method, other_key[0], other["method"].iloc[0])
                 if dedicated or size[other_key] <= size[key]:
                     pairs.append((key, other_key, "dedicated baseline" if dedicated else "stores at most as much"))
             pairs += [(key, ablation, _ablation(cells[ablation])) for ablation in ablated
-                      if cells[ablation]["method"].iloc[0] == method and (pd.isna(ablation[1]) or ablation[1] == key[1])]
+                      if cells[ablation]["method"].iloc[0] == method and (pd.isna(ablation[1]) or ablation[1] == key[1])
+                      and budget[ablation] == budget[key]]
         for (label, sparsity), (other_label, other_sparsity), relation in pairs:
             mine, theirs = kept[label, sparsity], kept[other_label, other_sparsity]
             if mine is None or theirs is None:

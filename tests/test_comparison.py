@@ -67,13 +67,14 @@ def test_runs_on_other_test_examples_are_refused():
         paired_bootstrap(_runs(0.8, seeds=(1,)), _runs(0.8, seeds=(2,)), ["accuracy"])
 
 
-def _write_run(root, label, method, sparsity, seed, predictions, references, storage_min, mask_mode=None, share=None):
+def _write_run(root, label, method, sparsity, seed, predictions, references, storage_min, mask_mode=None, share=None,
+               max_steps=100):
     run = root / "runs" / "t" / label / (f"s{sparsity:g}" if sparsity else "s-") / f"seed{seed}"
     run.mkdir(parents=True)
     accuracy = float(np.mean(predictions == references))
     propetl = method.startswith("propetl")
     (run / "metrics.json").write_text(json.dumps({
-        "task": "t", "label": label, "method": method, "sparsity": sparsity, "seed": seed, "status": "ok",
+        "task": "t", "label": label, "method": method, "sparsity": sparsity, "seed": seed, "status": "ok", "max_steps": max_steps,
         "mask_mode": mask_mode or ("learned" if propetl else None), "share": share or ("layers" if propetl else None),
         "artifact_bytes": 100, "test": {"accuracy": accuracy, "combined_score": accuracy},
         "storage": {"storage_pct": storage_min, "storage_min_pct": storage_min}}))
@@ -96,6 +97,24 @@ def test_the_comparison_table_pairs_propetl_with_its_baseline_and_every_smaller_
     assert vera["ci_low"] > 0 and vera["p_value"] < 0.01 and vera["n_seeds"] == 3
     shown = (tmp_path / "tables" / "comparison.md").read_text()
     assert f"{vera['difference']:+.2f} [{vera['ci_low']:+.2f}, {vera['ci_high']:+.2f}]" in shown
+
+
+def test_a_budget_ladder_compares_each_rung_with_its_own_baseline_and_never_across_budgets(tmp_path):
+    """A budget study holds each method at several max_steps under labels like adapter-x2: ProPETL at 2x stands
+    against the adapter at 2x (its dedicated baseline, though the label is not the method's name), not against
+    itself at 1x, which stores as much but trained half as long."""
+    runs = {("adapter-x1", "adapter", None, 1.0, 100): _runs(0.7, seed=1),
+            ("adapter-x2", "adapter", None, 1.0, 200): _runs(0.8, seed=2),
+            ("propetl-adapter-x1", "propetl-adapter", 0.5, 0.1, 100): _runs(0.7, seed=3),
+            ("propetl-adapter-x2", "propetl-adapter", 0.5, 0.1, 200): _runs(0.8, seed=4)}
+    for (label, method, sparsity, storage, max_steps), by_seed in runs.items():
+        for seed, (predictions, references) in by_seed.items():
+            _write_run(tmp_path, label, method, sparsity, seed, predictions, references, storage, max_steps=max_steps)
+    tables.write_tables(tmp_path, tmp_path / "tables")
+    table = pd.read_csv(tmp_path / "tables" / "comparison.csv")
+    assert list(zip(table["propetl"], table["other"], table["relation"])) == [
+        ("propetl-adapter-x1 (s=0.5)", "adapter-x1", "dedicated baseline"),
+        ("propetl-adapter-x2 (s=0.5)", "adapter-x2", "dedicated baseline")]
 
 
 def test_an_ablation_is_compared_only_with_the_learned_shared_cells_of_its_method(tmp_path):
